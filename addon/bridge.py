@@ -1,0 +1,331 @@
+"""mitmproxy glue for responses-bridge: options, hooks and the redirect to the loopback server.
+
+Run ``mitmdump -s addon/bridge.py``. Every ``POST …/v1/responses`` (or the ChatGPT backend's
+``…/backend-api/codex/responses``) is pointed, in ``requestheaders``, at an embedded loopback
+server that answers it through the upstream's websocket mode; the flow gets its original URL back
+in ``responseheaders``, so mitmweb shows and saves it as the client sent it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+from collections.abc import Awaitable
+from typing import Any, NamedTuple
+
+import certifi
+from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy.mode_specs import UpstreamMode
+
+from responses_bridge import relay, translate
+from responses_bridge.server import SECRET_HEADER, IncomingRequest, LoopbackServer, ResponseWriter
+
+logger = logging.getLogger("responses_bridge")
+
+FLOW_HEADER = "x-responses-bridge-flow"
+_INTERNAL_HEADERS = (SECRET_HEADER, FLOW_HEADER)
+
+
+class _Original(NamedTuple):
+    """What the redirect changed on the request, to put back."""
+
+    scheme: str
+    host: str
+    port: int
+    authority: str
+    host_header: str | None
+
+
+def _positive_seconds(name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise exceptions.OptionsError(
+            f"{name} must be a number of seconds, not {value!r}"
+        ) from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise exceptions.OptionsError(f"{name} must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
+class ResponsesBridge:
+    """Bridges Responses API requests onto the upstream's websocket mode."""
+
+    def __init__(self) -> None:
+        self._secret = secrets.token_urlsafe(32)
+        self._server = LoopbackServer(
+            self._serve, self._secret, lambda: self._settings.max_body_bytes
+        )
+        self._server_task: asyncio.Task[None] | None = None
+        self._exchanges: dict[str, relay.Exchange] = {}
+        self._originals: dict[str, _Original] = {}
+        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._host_patterns: tuple[str, ...] = ()
+        self._settings = relay.Settings()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "responses_bridge",
+            bool,
+            True,
+            "Bridge Responses API requests onto the upstream's websocket mode.",
+        )
+        loader.add_option(
+            "responses_bridge_hosts",
+            str,
+            "",
+            "Comma-separated host patterns to bridge (globs like *.openai.com); empty bridges all hosts.",
+        )
+        loader.add_option(
+            "responses_bridge_upstream",
+            str,
+            "",
+            "A ws:// or wss:// URL to send every bridged request to; empty uses the flow's own destination.",
+        )
+        loader.add_option(
+            "responses_bridge_chatgpt_compat",
+            str,
+            "auto",
+            "ChatGPT backend rules (store=false, no truncation/max_output_tokens): auto, on or off.",
+            choices=["auto", "on", "off"],
+        )
+        loader.add_option(
+            "responses_bridge_stateful",
+            bool,
+            True,
+            "Keep upstream sockets so previous_response_id continues on the socket that holds it.",
+        )
+        loader.add_option(
+            "responses_bridge_connect_timeout",
+            str,
+            "15",
+            "Seconds to wait for the upstream websocket handshake.",
+        )
+        loader.add_option(
+            "responses_bridge_idle_timeout",
+            str,
+            "300",
+            "Seconds of upstream silence after which a response fails (504 before the stream starts).",
+        )
+        loader.add_option(
+            "responses_bridge_max_body_bytes",
+            int,
+            32 * 1024 * 1024,
+            "Largest request body accepted; larger ones get 413.",
+        )
+        loader.add_option(
+            "responses_bridge_forward_vendor_events",
+            bool,
+            False,
+            "Forward vendor events (codex.*, responsesapi.*) to clients after response.created.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if opts.responses_bridge_chatgpt_compat not in ("auto", "on", "off"):
+            raise exceptions.OptionsError(
+                "responses_bridge_chatgpt_compat must be auto, on or off, not "
+                f"{opts.responses_bridge_chatgpt_compat!r}"
+            )
+        try:
+            translate.validate_upstream_override(opts.responses_bridge_upstream)
+        except ValueError as exc:
+            raise exceptions.OptionsError(f"responses_bridge_upstream {exc}") from None
+        if opts.responses_bridge_max_body_bytes <= 0:
+            raise exceptions.OptionsError("responses_bridge_max_body_bytes must be positive")
+        self._host_patterns = translate.parse_host_patterns(opts.responses_bridge_hosts)
+        self._settings = relay.Settings(
+            connect_timeout=_positive_seconds(
+                "responses_bridge_connect_timeout", opts.responses_bridge_connect_timeout
+            ),
+            idle_timeout=_positive_seconds(
+                "responses_bridge_idle_timeout", opts.responses_bridge_idle_timeout
+            ),
+            chatgpt_compat=opts.responses_bridge_chatgpt_compat,
+            forward_vendor_events=opts.responses_bridge_forward_vendor_events,
+            max_body_bytes=opts.responses_bridge_max_body_bytes,
+            ssl_context=self._upstream_ssl_context(),
+        )
+
+    def running(self) -> None:
+        if ctx.options.connection_strategy != "lazy":
+            logger.info(
+                "responses-bridge: setting connection_strategy=lazy, so mitmproxy does not dial a "
+                "bridged request's destination before the addon has routed it."
+            )
+            ctx.options.update(connection_strategy="lazy")
+        if self._server_task is None:
+            port = self._server.bind()
+            self._server_task = asyncio.get_running_loop().create_task(
+                self._server.serve(), name="responses-bridge loopback server"
+            )
+            logger.info("responses-bridge: answering bridged requests from 127.0.0.1:%d", port)
+
+    def done(self) -> Awaitable[Any]:
+        for task in self._tasks.values():
+            task.cancel()
+        pending = [self._server.close(), *self._tasks.values()]
+        return asyncio.gather(*pending, return_exceptions=True)
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or not flow.live or not ctx.options.responses_bridge:
+            return
+        request = flow.request
+        if request.method != "POST" or not translate.is_responses_path(request.path):
+            return
+        if not translate.host_matches(request.host, self._host_patterns):
+            return
+        if self._server_task is None:
+            logger.warning(
+                "responses-bridge: not running yet; %s passes through", request.pretty_url
+            )
+            return
+        upstream_url = ctx.options.responses_bridge_upstream or translate.upstream_url_for(
+            request.scheme, request.host, request.port, request.path
+        )
+        settings = self._settings
+        proxy = _upstream_proxy(flow)
+        if proxy is not None:
+            settings = relay.Settings(**{**settings.__dict__, "proxy": proxy})
+        self._exchanges[flow.id] = relay.Exchange(flow.id, upstream_url, settings)
+        self._originals[flow.id] = _Original(
+            request.scheme, request.host, request.port, request.authority, request.host_header
+        )
+        # A direct server connection: in upstream mode the internal hop must not go via the proxy.
+        flow.server_conn = connection.Server(address=None)
+        request.headers[SECRET_HEADER] = self._secret
+        request.headers[FLOW_HEADER] = flow.id
+        request.scheme = "http"
+        request.host = "127.0.0.1"
+        request.port = self._server.port
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        # A response set by another addon (or a killed flow) never reaches the server.
+        if flow.response is not None and flow.id in self._originals:
+            self._restore(flow)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.id not in self._originals:
+            return
+        self._restore(flow)
+        assert flow.response is not None
+        if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+            flow.response.stream = True
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._restore(flow)
+        exchange = self._exchanges.pop(flow.id, None)
+        self._tasks.pop(flow.id, None)
+        if exchange is None:
+            return
+        assert flow.response is not None
+        if flow.response.raw_content is None and exchange.stream:
+            flow.response.content = bytes(exchange.sse_body)
+        self._log(flow, exchange)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._restore(flow)
+        exchange = self._exchanges.pop(flow.id, None)
+        task = self._tasks.pop(flow.id, None)
+        if task is not None and not task.done():
+            task.cancel()
+        if exchange is not None:
+            exchange.error = (
+                exchange.error or f"client side: {flow.error.msg if flow.error else 'error'}"
+            )
+            self._log(flow, exchange)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _serve(self, request: IncomingRequest, writer: ResponseWriter) -> None:
+        flow_id = request.header(FLOW_HEADER) or ""
+        exchange = self._exchanges.get(flow_id)
+        if exchange is None:
+            await writer.send_json(
+                404,
+                {
+                    "error": {
+                        "message": "Unknown or finished bridged flow.",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "unknown_flow",
+                    }
+                },
+            )
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks[flow_id] = task
+        try:
+            await relay.answer(exchange, request, writer)
+        finally:
+            self._tasks.pop(flow_id, None)
+
+    def _restore(self, flow: http.HTTPFlow) -> None:
+        original = self._originals.pop(flow.id, None)
+        if original is None:
+            return
+        request = flow.request
+        for name in _INTERNAL_HEADERS:
+            request.headers.pop(name, None)
+        request.scheme = original.scheme
+        request.host = original.host
+        request.port = original.port
+        request.authority = original.authority
+        if original.host_header is None:
+            request.headers.pop("host", None)
+        else:
+            request.host_header = original.host_header
+
+    def _upstream_ssl_context(self) -> ssl.SSLContext:
+        """Verify upstream TLS exactly as mitmproxy's own upstream connections do."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=None)
+        if ctx.options.ssl_insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        cafile = ctx.options.ssl_verify_upstream_trusted_ca
+        capath = ctx.options.ssl_verify_upstream_trusted_confdir
+        try:
+            if cafile is None and capath is None:
+                context.load_verify_locations(cafile=certifi.where())
+            else:
+                context.load_verify_locations(cafile=cafile, capath=capath)
+        except (OSError, ssl.SSLError) as exc:
+            raise exceptions.OptionsError(
+                f"responses-bridge cannot load trusted certificates: {exc}"
+            ) from exc
+        return context
+
+    def _log(self, flow: http.HTTPFlow, exchange: relay.Exchange) -> None:
+        status = exchange.status if exchange.status is not None else "-"
+        mode = "stream" if exchange.stream else "json"
+        line = (
+            f"responses-bridge: {flow.request.method} {flow.request.path} -> {status} {mode} "
+            f"ws {exchange.socket_state} · {exchange.events} events · "
+            f"{exchange.duration() * 1000:.0f} ms"
+        )
+        if exchange.error:
+            line += f" · {exchange.error}"
+        logger.info(line)
+
+
+def _upstream_proxy(flow: http.HTTPFlow) -> str | None:
+    """The upstream proxy URL when the flow came in through ``--mode upstream:…``."""
+    mode = flow.client_conn.proxy_mode
+    if not isinstance(mode, UpstreamMode):
+        return None
+    host, port = mode.address
+    auth = ctx.options.upstream_auth
+    userinfo = f"{auth}@" if auth else ""
+    return f"{mode.scheme}://{userinfo}{host}:{port}"
+
+
+addons = [ResponsesBridge()]

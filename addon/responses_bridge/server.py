@@ -1,0 +1,269 @@
+"""The embedded loopback HTTP/1.1 server that answers bridged flows.
+
+mitmproxy cannot stream a body an addon makes itself, but it streams what a server sends. So the
+addon points each bridged flow at this server, which runs on mitmproxy's own event loop, bound to
+127.0.0.1 only, and answers only requests that carry the per-process secret header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SECRET_HEADER = "x-responses-bridge-secret"
+_MAX_HEAD_BYTES = 64 * 1024
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    413: "Payload Too Large",
+    426: "Upgrade Required",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class IncomingRequest:
+    """One request as mitmproxy sent it to the loopback server."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        lower = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lower), None)
+
+
+@dataclass
+class ResponseWriter:
+    """Writes one HTTP/1.1 response: a whole JSON body, or a chunked stream."""
+
+    stream: asyncio.StreamWriter
+    started: bool = False
+    finished: bool = False
+    status: int | None = None
+    bytes_sent: int = 0
+    on_chunk: Callable[[bytes], None] | None = field(default=None, repr=False)
+
+    def _head(self, status: int, headers: list[tuple[str, str]]) -> bytes:
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    async def send_json(
+        self, status: int, payload: Any, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        """Send a complete JSON response."""
+        assert not self.started, "response already started"
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        all_headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
+        all_headers += headers or []
+        self.started, self.finished, self.status = True, True, status
+        self.stream.write(self._head(status, all_headers) + body)
+        self.bytes_sent += len(body)
+        await self.stream.drain()
+
+    async def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
+        """Send the head of a chunked response; the status is committed from here on."""
+        assert not self.started, "response already started"
+        self.started, self.status = True, status
+        self.stream.write(self._head(status, [*headers, ("transfer-encoding", "chunked")]))
+
+    async def write(self, data: bytes) -> None:
+        """Send one chunk and wait until the transport can take more (backpressure)."""
+        if not data:
+            return
+        self.stream.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self.bytes_sent += len(data)
+        if self.on_chunk is not None:
+            self.on_chunk(data)
+        await self.stream.drain()
+
+    async def end_stream(self) -> None:
+        """Send the last chunk."""
+        if self.finished:
+            return
+        self.finished = True
+        self.stream.write(b"0\r\n\r\n")
+        await self.stream.drain()
+
+
+Handler = Callable[[IncomingRequest, ResponseWriter], Awaitable[None]]
+
+
+class LoopbackServer:
+    """Serves ``handler`` on 127.0.0.1 to requests that carry the secret header."""
+
+    def __init__(self, handler: Handler, secret: str, max_body_bytes: Callable[[], int]) -> None:
+        self._handler = handler
+        self._secret = secret.encode()
+        self._max_body_bytes = max_body_bytes
+        self._listener: socket.socket | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    def bind(self) -> int:
+        """Bind and listen synchronously so the port is known before the first flow."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(512)
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        return self.port
+
+    async def serve(self) -> None:
+        """Start accepting connections on the bound socket."""
+        if self._listener is None:
+            self.bind()
+        self._server = await asyncio.start_server(
+            self._on_connection, sock=self._listener, limit=_MAX_HEAD_BYTES
+        )
+
+    async def close(self) -> None:
+        """Stop listening and cancel every connection handler."""
+        if self._server is not None:
+            self._server.close()
+        elif self._listener is not None:
+            self._listener.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            while await self._serve_one(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Serve one request; True when the connection may carry another."""
+        response = ResponseWriter(writer)
+        try:
+            request = await self._read_request(reader)
+        except _BadRequest as exc:
+            await response.send_json(
+                exc.status,
+                _error_body(str(exc), "invalid_request_error"),
+                [("connection", "close")],
+            )
+            return False
+        if request is None:
+            return False
+        try:
+            await self._handler(request, response)
+        except Exception:
+            logger.exception("responses-bridge: internal error while answering a request")
+            if not response.started:
+                await response.send_json(
+                    500,
+                    _error_body(
+                        "Internal error in responses-bridge; see the proxy log.", "server_error"
+                    ),
+                )
+            else:
+                return False
+        if not response.finished:
+            return False
+        return (request.header("connection") or "").lower() != "close"
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> IncomingRequest | None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():
+                raise _BadRequest(400, "Incomplete request head.") from exc
+            return None
+        except asyncio.LimitOverrunError as exc:
+            raise _BadRequest(431, "Request head too large.") from exc
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            method, target, _version = lines[0].split(" ", 2)
+        except ValueError as exc:
+            raise _BadRequest(400, "Malformed request line.") from exc
+        headers = []
+        for line in lines[1:]:
+            if not line:
+                continue
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise _BadRequest(400, "Malformed header line.")
+            headers.append((name.strip(), value.strip()))
+        request = IncomingRequest(method, target, headers, b"")
+        secret = (request.header(SECRET_HEADER) or "").encode()
+        if not hmac.compare_digest(secret, self._secret):
+            raise _BadRequest(
+                403,
+                "This is responses-bridge's internal endpoint; "
+                "it only answers requests routed by the addon.",
+            )
+        request.body = await self._read_body(reader, request)
+        return request
+
+    async def _read_body(self, reader: asyncio.StreamReader, request: IncomingRequest) -> bytes:
+        limit = self._max_body_bytes()
+        if (request.header("transfer-encoding") or "").lower() == "chunked":
+            body = bytearray()
+            while True:
+                size_line = await reader.readuntil(b"\r\n")
+                try:
+                    size = int(size_line.split(b";", 1)[0].strip(), 16)
+                except ValueError as exc:
+                    raise _BadRequest(400, "Malformed chunked body.") from exc
+                if size == 0:
+                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                        pass  # trailers
+                    return bytes(body)
+                if len(body) + size > limit:
+                    raise _BadRequest(413, f"The request body is larger than {limit} bytes.")
+                body += await reader.readexactly(size)
+                await reader.readexactly(2)
+        length_text = request.header("content-length") or "0"
+        if not length_text.isdigit():
+            raise _BadRequest(400, "Invalid Content-Length.")
+        length = int(length_text)
+        if length > limit:
+            raise _BadRequest(
+                413,
+                f"The request body is {length} bytes; this bridge accepts at "
+                f"most {limit} (responses_bridge_max_body_bytes).",
+            )
+        return await reader.readexactly(length) if length else b""
+
+
+def _error_body(message: str, error_type: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": None, "code": None}}

@@ -1,0 +1,128 @@
+"""Pure Server-Sent-Events framing for Responses streams: encode events, decode a byte stream.
+
+A frame is ``event: <type>\\ndata: <one-line JSON>\\n\\n``; no ``[DONE]`` (OpenAI sends none for
+Responses). The decoder accepts anything the SSE spec allows (CRLF, comments, multi-line data).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from responses_bridge.errors import BridgeError
+
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def dumps(event: dict[str, Any]) -> str:
+    """Compact one-line JSON, non-ASCII kept as is."""
+    return json.dumps(event, ensure_ascii=False, separators=(",", ":"))
+
+
+def encode_event(event: dict[str, Any], raw: str | None = None) -> bytes:
+    """One SSE frame. ``raw`` is the event's JSON text as received; it is reused unchanged when it
+    is a single line, which saves serializing every relayed delta again."""
+    data = raw if raw is not None and "\n" not in raw and "\r" not in raw else dumps(event)
+    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+
+
+def error_event(error: BridgeError, sequence_number: int | None = None) -> dict[str, Any]:
+    """The SSE ``error`` event for a failure after the stream started.
+
+    Carries the error both nested (``error``: openai-python raises on a truthy ``error`` key) and
+    flat (``code``/``message``/``param``, the documented ``ResponseErrorEvent`` shape).
+    """
+    inner = error.error_object()
+    event: dict[str, Any] = {
+        "type": "error",
+        "code": inner.get("code"),
+        "message": inner.get("message"),
+        "param": inner.get("param"),
+        "error": inner,
+    }
+    if sequence_number is not None:
+        event["sequence_number"] = sequence_number
+    return event
+
+
+@dataclass(frozen=True)
+class SSEMessage:
+    """One decoded SSE message: its ``event`` field (``message`` when absent) and its data."""
+
+    event: str
+    data: str
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+class SSEDecoder:
+    """Incremental decoder: ``feed(bytes)`` yields the complete messages seen so far."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._event: str | None = None
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> Iterator[SSEMessage]:
+        self._buffer += chunk
+        while True:
+            cut = _line_end(self._buffer)
+            if cut is None:
+                return
+            end, after = cut
+            line = self._buffer[:end].decode("utf-8", errors="replace")
+            self._buffer = self._buffer[after:]
+            message = self._line(line)
+            if message is not None:
+                yield message
+
+    def close(self) -> Iterator[SSEMessage]:
+        """Flush a final message that lacked its blank line."""
+        if self._buffer:
+            message = self._line(self._buffer.decode("utf-8", errors="replace"))
+            self._buffer = b""
+            if message is not None:
+                yield message
+        message = self._line("")
+        if message is not None:
+            yield message
+
+    def _line(self, line: str) -> SSEMessage | None:
+        if line == "":
+            if not self._data and self._event is None:
+                return None
+            message = SSEMessage(self._event or "message", "\n".join(self._data))
+            self._event, self._data = None, []
+            return message
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "event":
+            self._event = value
+        elif name == "data":
+            self._data.append(value)
+        return None
+
+
+def _line_end(buffer: bytes) -> tuple[int, int] | None:
+    """Position of the first line terminator (LF, CRLF or a lone CR) and the index after it."""
+    lf = buffer.find(b"\n")
+    cr = buffer.find(b"\r", 0, lf if lf != -1 else len(buffer))
+    if cr == -1:
+        return None if lf == -1 else (lf, lf + 1)
+    if cr + 1 == len(buffer):
+        return None  # may be the CR of a CRLF split across chunks
+    return cr, cr + 2 if buffer[cr + 1] == 0x0A else cr + 1
+
+
+def decode_all(data: bytes) -> list[SSEMessage]:
+    """Decode a whole SSE body."""
+    decoder = SSEDecoder()
+    messages = list(decoder.feed(data))
+    messages.extend(decoder.close())
+    return messages

@@ -1,0 +1,202 @@
+"""Pure request-side translation: which flows are bridged, the upstream URL, and the frame sent.
+
+No I/O here: bytes and header lists in, validated values out. Errors are ``InvalidRequest``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from responses_bridge.errors import BodyTooLarge, InvalidRequest
+
+RESPONSES_PATH_SUFFIXES = ("/v1/responses", "/backend-api/codex/responses")
+CHATGPT_PATH_SUFFIX = "/backend-api/codex/responses"
+
+# Never forwarded on the upgrade: hop-by-hop headers, the body's framing, and headers the
+# websocket handshake sets itself.
+_NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "accept-encoding",
+        "host",
+        "expect",
+        "http2-settings",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
+
+# Values the client may never see in logs.
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "chatgpt-account-id", "cookie", "openai-api-key", "api-key", "x-api-key"}
+)
+
+
+def is_responses_path(path: str) -> bool:
+    """True for a request path (query ignored) that ends in a Responses API create endpoint."""
+    bare = path.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    return bare.endswith(RESPONSES_PATH_SUFFIXES)
+
+
+def parse_host_patterns(value: str) -> tuple[str, ...]:
+    """Split ``responses_bridge_hosts``: comma-separated, case-insensitive glob patterns."""
+    return tuple(p.strip().lower() for p in value.split(",") if p.strip())
+
+
+def host_matches(host: str, patterns: tuple[str, ...]) -> bool:
+    """True when no patterns are given or the host matches one (``*.openai.com`` style globs)."""
+    if not patterns:
+        return True
+    host = host.lower().rstrip(".")
+    return any(fnmatch.fnmatchcase(host, p) for p in patterns)
+
+
+def upstream_url_for(scheme: str, host: str, port: int, path: str) -> str:
+    """The websocket URL for an HTTP destination: https→wss, http→ws, same host, port and path."""
+    ws_scheme = "wss" if scheme == "https" else "ws"
+    default_port = 443 if ws_scheme == "wss" else 80
+    host_part = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    netloc = host_part if port == default_port else f"{host_part}:{port}"
+    return f"{ws_scheme}://{netloc}{path}"
+
+
+def validate_upstream_override(value: str) -> str:
+    """Check ``responses_bridge_upstream``: empty, or a ``ws://``/``wss://`` URL with a host."""
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"must be a ws:// or wss:// URL with a host, not {value!r}")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ValueError(f"has an invalid port: {value!r}") from exc
+    return value
+
+
+def is_chatgpt_upstream(url: str) -> bool:
+    """True when the upstream URL is the ChatGPT (Codex subscription) backend."""
+    return urlsplit(url).path.rstrip("/").endswith(CHATGPT_PATH_SUFFIX)
+
+
+def chatgpt_compat_enabled(mode: str, upstream_url: str) -> bool:
+    """Resolve ``responses_bridge_chatgpt_compat`` (auto/on/off) for one upstream."""
+    if mode == "on":
+        return True
+    if mode == "off":
+        return False
+    return is_chatgpt_upstream(upstream_url)
+
+
+def forwardable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The client's end-to-end headers to send on the upgrade, internal ``x-responses-bridge-*``
+    headers and hop-by-hop ones removed. Order and repeated headers are kept."""
+    kept = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _NOT_FORWARDED or lower.startswith(("x-responses-bridge", ":")):
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers fit for a log: credential values replaced by ``<redacted>``."""
+    return [
+        (name, "<redacted>" if name.lower() in CREDENTIAL_HEADERS else value)
+        for name, value in headers
+    ]
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    """A validated ``POST /v1/responses`` body and the fields the bridge reads from it."""
+
+    body: dict[str, Any]
+    stream: bool
+    previous_response_id: str | None
+    store: bool | None
+
+
+def _type_error(field: str, expected: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid type for '{field}': expected {expected}.",
+        code="invalid_type",
+        param=field,
+    )
+
+
+def parse_client_request(raw: bytes, *, max_bytes: int | None = None) -> ClientRequest:
+    """Parse and validate a request body. Unknown fields pass through untouched."""
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise BodyTooLarge(
+            f"The request body is {len(raw)} bytes; this bridge accepts at most {max_bytes}."
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            f"The request body is not valid UTF-8 (byte {exc.start}).", code="invalid_json"
+        ) from exc
+    try:
+        body = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidRequest(
+            f"The request body is not valid JSON: {exc}", code="invalid_json"
+        ) from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest(
+            "The request body must be a JSON object, not "
+            f"{type(body).__name__.replace('dict', 'object')}.",
+            code="invalid_json",
+        )
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise _type_error("stream", "a boolean")
+    previous = body.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise _type_error("previous_response_id", "a non-empty string")
+    store = body.get("store")
+    if store is not None and not isinstance(store, bool):
+        raise _type_error("store", "a boolean")
+    if "input" in body and not isinstance(body["input"], (str, list)) and body["input"] is not None:
+        raise _type_error("input", "a string or an array of input items")
+    background = body.get("background")
+    if background is not None and not isinstance(background, bool):
+        raise _type_error("background", "a boolean")
+    return ClientRequest(body=body, stream=bool(stream), previous_response_id=previous, store=store)
+
+
+def build_create_frame(body: dict[str, Any], *, chatgpt_compat: bool) -> dict[str, Any]:
+    """The flat ``response.create`` client event for a request body.
+
+    The body minus ``stream`` and ``background``; for the ChatGPT backend ``store`` is forced to
+    false and ``truncation``/``max_output_tokens`` (which it rejects) are dropped.
+    """
+    frame: dict[str, Any] = {"type": "response.create"}
+    dropped = {"stream", "background", "type"}
+    if chatgpt_compat:
+        dropped |= {"truncation", "max_output_tokens"}
+    frame.update((k, v) for k, v in body.items() if k not in dropped)
+    if chatgpt_compat:
+        frame["store"] = False
+    return frame

@@ -1,0 +1,212 @@
+"""The upstream websocket: the only module that imports ``websockets``.
+
+``open_socket`` connects; ``UpstreamSocket`` sends client events and receives server events as
+parsed JSON objects. Every foreign exception is translated here, once, into the bridge's
+``UpstreamError`` tree, with what happened (status, close code and reason) in the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidProxy,
+    InvalidStatus,
+    InvalidURI,
+    ProxyError,
+)
+
+from responses_bridge.errors import (
+    UpstreamClosed,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024  # the library's 1 MiB default is too small for big terminals
+_CLOSE_NAMES = {
+    1000: "normal",
+    1001: "going away",
+    1006: "abnormal, no close frame",
+    1009: "message too big",
+    1011: "internal error",
+}
+
+
+def describe_close(exc: ConnectionClosed) -> str:
+    """``close code 1011 (internal error), reason 'boom'`` style text for a closed socket."""
+    frame = exc.rcvd or exc.sent
+    if frame is None:
+        return "the connection was lost without a close frame (1006)"
+    name = _CLOSE_NAMES.get(frame.code)
+    text = f"close code {frame.code}" + (f" ({name})" if name else "")
+    if frame.reason:
+        text += f", reason {frame.reason!r}"
+    return text
+
+
+def _rejection_message(status: int, body: bytes) -> str:
+    detail = ""
+    try:
+        parsed = json.loads(body.decode("utf-8", errors="replace")) if body else None
+    except ValueError:
+        parsed = None
+    if isinstance(parsed, dict):
+        inner = parsed.get("error")
+        if isinstance(inner, dict) and inner.get("message"):
+            detail = str(inner["message"])
+        elif parsed.get("detail"):
+            detail = str(parsed["detail"])
+    elif body:
+        detail = body[:200].decode("utf-8", errors="replace").strip()
+    hint = " (the upstream has no websocket mode)" if status == 426 else ""
+    message = f"The upstream rejected the websocket upgrade with HTTP {status}{hint}"
+    return f"{message}: {detail}" if detail else f"{message}."
+
+
+class UpstreamSocket:
+    """One open upstream websocket."""
+
+    def __init__(self, connection: ClientConnection, url: str) -> None:
+        self._connection = connection
+        self.url = url
+        self.opened_at = time.monotonic()
+
+    @property
+    def closed(self) -> bool:
+        """True once the socket is closing or closed."""
+        return self._connection.close_code is not None or self._connection.state.name in (
+            "CLOSING",
+            "CLOSED",
+        )
+
+    async def send_event(self, event: dict[str, Any]) -> None:
+        """Send one client event as a JSON text frame."""
+        try:
+            await self._connection.send(json.dumps(event, ensure_ascii=False))
+        except ConnectionClosed as exc:
+            raise UpstreamClosed(
+                f"The upstream socket closed before the request was sent: {describe_close(exc)}."
+            ) from exc
+
+    async def receive(self, idle_timeout: float | None) -> tuple[dict[str, Any], str]:
+        """The next server event and its raw JSON text.
+
+        Raises ``UpstreamTimeout`` after ``idle_timeout`` seconds of silence, ``UpstreamClosed``
+        when the socket closes, ``UpstreamProtocolError`` for a frame that is not a JSON object
+        with a string ``type``.
+        """
+        try:
+            async with asyncio.timeout(idle_timeout):
+                message = await self._connection.recv()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"The upstream sent nothing for {idle_timeout:g} s (responses_bridge_idle_timeout)."
+            ) from exc
+        except ConnectionClosed as exc:
+            raise UpstreamClosed(
+                f"The upstream socket closed before the response finished: {describe_close(exc)}."
+            ) from exc
+        if isinstance(message, bytes):
+            raise UpstreamProtocolError(
+                f"The upstream sent a binary frame ({len(message)} bytes); events are JSON text."
+            )
+        try:
+            event = json.loads(message)
+        except ValueError as exc:
+            raise UpstreamProtocolError(
+                f"The upstream sent a frame that is not JSON: {message[:120]!r}"
+            ) from exc
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise UpstreamProtocolError(
+                f"The upstream sent an event without a string 'type': {message[:120]!r}"
+            )
+        return event, message
+
+    async def close(self) -> None:
+        """Close the socket (it cancels any response in progress upstream); never raises."""
+        try:
+            async with asyncio.timeout(2):
+                await self._connection.close()
+        except (TimeoutError, OSError, ConnectionClosed):
+            self._connection.transport.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once, without a closing handshake."""
+        self._connection.transport.abort()
+
+
+async def open_socket(
+    url: str,
+    headers: Sequence[tuple[str, str]],
+    *,
+    connect_timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+    proxy: str | None = None,
+) -> UpstreamSocket:
+    """Open the upstream websocket, translating every failure into an ``UpstreamError``.
+
+    ``proxy`` is an ``http://`` proxy URL for CONNECT, or None for a direct connection: the
+    environment's proxy variables are never used (inside a proxy they would loop).
+    """
+    secure = url.startswith("wss:")
+    try:
+        connection = await connect(
+            url,
+            additional_headers=list(headers),
+            user_agent_header=None
+            if any(k.lower() == "user-agent" for k, _ in headers)
+            else "responses-bridge",
+            open_timeout=connect_timeout,
+            max_size=MAX_FRAME_BYTES,
+            proxy=proxy,
+            ssl=ssl_context if secure else None,
+            compression="deflate",
+            ping_interval=20,
+            ping_timeout=60,
+            close_timeout=2,
+        )
+    except TimeoutError as exc:
+        raise UpstreamTimeout(
+            f"Connecting to the upstream {url} timed out after {connect_timeout:g} s "
+            "(responses_bridge_connect_timeout)."
+        ) from exc
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        raise UpstreamRejected(
+            _rejection_message(status, bytes(exc.response.body or b"")),
+            status=status if 400 <= status <= 599 else 502,
+        ) from exc
+    except ssl.SSLCertVerificationError as exc:
+        raise UpstreamUnavailable(
+            f"The upstream {url} presented a certificate that is not trusted: "
+            f"{exc.verify_message}. Trust its CA with ssl_verify_upstream_trusted_ca, or set "
+            "ssl_insecure."
+        ) from exc
+    except (InvalidURI, InvalidProxy) as exc:
+        raise UpstreamUnavailable(f"Cannot connect to the upstream {url}: {exc}.") from exc
+    except (ProxyError, InvalidHandshake) as exc:
+        raise UpstreamUnavailable(
+            f"The websocket handshake with the upstream {url} failed: {exc}."
+        ) from exc
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise UpstreamUnavailable(f"Cannot connect to the upstream {url}: {reason}.") from exc
+    except ConnectionClosed as exc:
+        raise UpstreamUnavailable(
+            f"The upstream {url} closed during the handshake: {describe_close(exc)}."
+        ) from exc
+    return UpstreamSocket(connection, url)
+
+
+__all__ = ["MAX_FRAME_BYTES", "UpstreamError", "UpstreamSocket", "open_socket"]

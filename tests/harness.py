@@ -1,0 +1,81 @@
+"""Process harness shared by tests, the demo, the soak test and the benchmark: a real
+``mitmdump -s addon/bridge.py`` subprocess on 127.0.0.1 with an ephemeral port."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDON = ROOT / "addon" / "bridge.py"
+MITMDUMP = Path(sys.executable).with_name("mitmdump")
+
+
+class Mitmdump:
+    """A running ``mitmdump -s addon/bridge.py`` subprocess on 127.0.0.1 with an ephemeral port."""
+
+    def __init__(self, args: list[str], confdir: Path, *, addon: bool = True) -> None:
+        self.confdir = confdir
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self.port = 0
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+            env.pop(var, None)
+        command = [
+            str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0",
+            "--set", f"confdir={confdir}", *(["-s", str(ADDON)] if addon else []), *args,
+        ]
+        self._needs_bridge_line = addon
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(20) or not self.port:
+            self.stop()
+            raise RuntimeError("mitmdump did not start:\n" + "\n".join(self.lines))
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        listening = bridge = False
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            found = re.search(r"listening at (?:\*|[\d.]+):(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                listening = True
+            bridge = bridge or "answering bridged requests" in line
+            if listening and (bridge or not self._needs_bridge_line):
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_log(self, pattern: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if re.search(pattern, line):
+                    return line
+            time.sleep(0.02)
+        raise AssertionError(f"no log line matching {pattern!r} in:\n{self.output}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)

@@ -1,0 +1,198 @@
+"""End to end: every upstream failure and bad input has a clear HTTP or SSE outcome."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import StartBridge
+from tests.fake_upstream import FakeUpstream
+from tests.harness import Mitmdump
+
+
+def client_for(bridge: Mitmdump) -> openai.OpenAI:
+    return openai.OpenAI(base_url=bridge.base_url, api_key="sk-test", max_retries=0, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(shared_bridge: Mitmdump) -> openai.OpenAI:
+    return client_for(shared_bridge)
+
+
+def post(bridge: Mitmdump, body: bytes | dict[str, object]) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(
+        f"{bridge.base_url}/responses",
+        content=content,
+        headers={"authorization": "Bearer sk-test", "content-type": "application/json"},
+        timeout=30,
+    )
+
+
+def assert_error_body(response: httpx.Response, status: int) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+    assert error["message"]
+    return error  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (b'"text"', None),
+        (b"\xff\xfe{}", None),
+        ({"model": "m", "input": "x", "stream": "yes"}, "stream"),
+        ({"model": "m", "input": 5}, "input"),
+        ({"model": "m", "input": "x", "previous_response_id": 7}, "previous_response_id"),
+        ({"model": "m", "input": "x", "store": "no"}, "store"),
+    ],
+)
+def test_bad_input_is_400_and_nothing_is_sent(
+    shared_bridge: Mitmdump, shared_fake: FakeUpstream, body: bytes | dict[str, object],
+    param: str | None,
+) -> None:
+    before = shared_fake.connections
+    error = assert_error_body(post(shared_bridge, body), 400)
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert shared_fake.connections == before
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("directive", "status", "code"),
+    [
+        ("error=400:invalid_model", 400, "invalid_model"),
+        ("error_status_code=429:usage_limit_reached", 429, "usage_limit_reached"),
+        ("usage_limit", 429, "usage_limit_reached"),
+        ("limit", 400, "websocket_connection_limit_reached"),
+    ],
+)
+def test_error_frame_before_created_is_http_error(
+    client: openai.OpenAI, directive: str, status: int, code: str, stream: bool
+) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        result = client.responses.create(model="m", input=f"x fake:{directive}", stream=stream)
+        if stream:
+            list(result)  # type: ignore[arg-type]
+    assert caught.value.status_code == status
+    assert caught.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("directive", "fragment"),
+    [
+        ("close=1011", "1011"),
+        ("close=1000", "1000"),
+        ("close=1001", "1001"),
+        ("close=1006", "1006"),
+        ("garbage=nonjson", "not JSON"),
+        ("garbage=typeless", "without a string 'type'"),
+        ("garbage=binary", "binary frame"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_breakage_before_created_is_502(
+    shared_bridge: Mitmdump, directive: str, fragment: str, stream: bool
+) -> None:
+    response = post(shared_bridge, {"model": "m", "input": f"x fake:{directive}", "stream": stream})
+    error = assert_error_body(response, 502)
+    assert fragment in str(error["message"])
+
+
+@pytest.mark.parametrize(
+    ("directive", "fragment"),
+    [
+        ("close=1011 fake:phase=mid", "1011"),
+        ("close=1006 fake:phase=mid", "1006"),
+        ("garbage=nonjson fake:phase=mid", "not JSON"),
+        ("error=500:server_error fake:phase=after_created", "server_error"),
+    ],
+)
+def test_breakage_mid_stream_is_sse_error(
+    client: openai.OpenAI, directive: str, fragment: str
+) -> None:
+    seen: list[str] = []
+    with pytest.raises(openai.APIError) as caught:
+        for event in client.responses.create(model="m", input=f"x fake:{directive}", stream=True):
+            seen.append(event.type)
+    assert seen[0] == "response.created"
+    assert fragment in str(caught.value.message) or fragment in json.dumps(caught.value.body)
+
+
+@pytest.mark.parametrize("directive", ["close=1011 fake:phase=mid", "failed"])
+def test_breakage_mid_answer_is_502_for_json(client: openai.OpenAI, directive: str) -> None:
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.responses.create(model="m", input=f"x fake:{directive}")
+    assert caught.value.status_code == 502
+
+
+def test_failed_stream_ends_with_response_failed(client: openai.OpenAI) -> None:
+    events = list(client.responses.create(model="m", input="x fake:failed", stream=True))
+    assert events[0].type == "response.created"
+    assert events[-1].type == "response.failed"
+
+
+def test_close_after_completed_still_answers(client: openai.OpenAI) -> None:
+    response = client.responses.create(model="m", input="x fake:close=1011 fake:phase=after_completed")
+    assert response.output_text.startswith("echo: x")
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 426, 500, 503])
+def test_upgrade_rejection_status_passes_through(
+    fake: FakeUpstream, start_bridge: StartBridge, status: int
+) -> None:
+    bridge = start_bridge(fake)
+    fake.handshake_status = status
+    for stream in (False, True):
+        error = assert_error_body(post(bridge, {"model": "m", "input": "x", "stream": stream}), status)
+        assert str(status) in str(error["message"])
+
+
+def test_connect_refused_is_502(start_bridge: StartBridge) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    bridge = start_bridge(None, mode=f"reverse:http://127.0.0.1:{port}")
+    error = assert_error_body(post(bridge, {"model": "m", "input": "x", "stream": True}), 502)
+    assert error["code"] == "upstream_unavailable"
+
+
+def test_connect_timeout_is_504(fake: FakeUpstream, start_bridge: StartBridge) -> None:
+    fake.handshake_delay = 3.0
+    bridge = start_bridge(fake, "responses_bridge_connect_timeout=0.5")
+    error = assert_error_body(post(bridge, {"model": "m", "input": "x"}), 504)
+    assert "0.5" in str(error["message"])
+
+
+def test_idle_timeout(fake: FakeUpstream, start_bridge: StartBridge) -> None:
+    bridge = start_bridge(fake, "responses_bridge_idle_timeout=0.5")
+    error = assert_error_body(post(bridge, {"model": "m", "input": "x fake:silent"}), 504)
+    assert "0.5" in str(error["message"])
+    with pytest.raises(openai.APIError) as caught:
+        for _ in client_for(bridge).responses.create(
+            model="m", input="x fake:silent fake:phase=mid", stream=True
+        ):
+            pass
+    assert "0.5" in str(caught.value.message)
+
+
+def test_body_too_large_is_413(fake: FakeUpstream, start_bridge: StartBridge) -> None:
+    bridge = start_bridge(fake, "responses_bridge_max_body_bytes=1000")
+    assert_error_body(post(bridge, {"model": "m", "input": "x" * 2000}), 413)
+    assert fake.connections == 0
+
+
+def test_proxy_keeps_serving_after_failures(client: openai.OpenAI) -> None:
+    for directive in ("close=1006", "garbage=binary", "error=400:x"):
+        with pytest.raises(openai.APIError):
+            client.responses.create(model="m", input=f"x fake:{directive}")
+    assert client.responses.create(model="m", input="still alive").output_text.startswith("echo")
