@@ -79,19 +79,22 @@ class ResponsesBridge:
             "responses_bridge_hosts",
             str,
             "",
-            "Comma-separated host patterns to bridge (globs like *.openai.com); empty bridges all hosts.",
+            "Comma-separated host patterns to bridge (globs like *.openai.com); "
+            "empty bridges all hosts.",
         )
         loader.add_option(
             "responses_bridge_upstream",
             str,
             "",
-            "A ws:// or wss:// URL to send every bridged request to; empty uses the flow's own destination.",
+            "A ws:// or wss:// URL to send every bridged request to; "
+            "empty uses the flow's own destination.",
         )
         loader.add_option(
             "responses_bridge_chatgpt_compat",
             str,
             "auto",
-            "ChatGPT backend rules (store=false, no truncation/max_output_tokens): auto, on or off.",
+            "ChatGPT backend rules (store=false, no truncation/max_output_tokens): "
+            "auto, on or off.",
             choices=["auto", "on", "off"],
         )
         loader.add_option(
@@ -110,7 +113,8 @@ class ResponsesBridge:
             "responses_bridge_idle_timeout",
             str,
             "300",
-            "Seconds of upstream silence after which a response fails (504 before the stream starts).",
+            "Seconds of upstream silence after which a response fails "
+            "(504 before the stream starts).",
         )
         loader.add_option(
             "responses_bridge_max_body_bytes",

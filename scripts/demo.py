@@ -15,10 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import openai  # noqa: E402
+import openai
 
-from tests.fake_upstream import FakeUpstreamThread  # noqa: E402
-from tests.harness import Mitmdump  # noqa: E402
+from tests.fake_upstream import FakeUpstreamThread
+from tests.harness import Mitmdump
 
 
 def main() -> int:
@@ -66,7 +66,7 @@ def main() -> int:
         print(
             f"\nThe bridge keeps running; try:\n  curl -N {base}/responses "
             "-H 'content-type: application/json' "
-            "-d '{\"model\":\"m\",\"input\":\"hi fake:slow=200\",\"stream\":true}'\n"
+            '-d \'{"model":"m","input":"hi fake:slow=200","stream":true}\'\n'
             "Ctrl-C stops it."
         )
         while bridge.process.poll() is None:

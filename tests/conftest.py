@@ -1,4 +1,4 @@
-"""Shared fixtures: the fake upstream (in a thread) and real ``mitmdump`` processes with the addon."""
+"""Shared fixtures: the fake upstream (in a thread) and real ``mitmdump`` processes."""
 
 from __future__ import annotations
 
@@ -58,11 +58,17 @@ def start_bridge(confdir: Path) -> Iterator[StartBridge]:
 
 
 @pytest.fixture(scope="module")
-def shared_bridge(shared_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mitmdump]:
+def shared_bridge(
+    shared_fake: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mitmdump]:
     """One mitmdump in reverse mode in front of ``shared_fake`` for a whole module."""
     bridge = Mitmdump(
-        ["--mode", f"reverse:http://127.0.0.1:{shared_fake.port}",
-         "--set", "responses_bridge_idle_timeout=5"],
+        [
+            "--mode",
+            f"reverse:http://127.0.0.1:{shared_fake.port}",
+            "--set",
+            "responses_bridge_idle_timeout=5",
+        ],
         tmp_path_factory.mktemp("mitmproxy-conf-shared"),
     )
     yield bridge

@@ -23,20 +23,28 @@ class Mitmdump:
         self.confdir = confdir
         self.lines: list[str] = []
         self._ready = threading.Event()
+        self._started = False
         self.port = 0
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
             env.pop(var, None)
         command = [
-            str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0",
-            "--set", f"confdir={confdir}", *(["-s", str(ADDON)] if addon else []), *args,
+            str(MITMDUMP),
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--set",
+            f"confdir={confdir}",
+            *(["-s", str(ADDON)] if addon else []),
+            *args,
         ]
         self._needs_bridge_line = addon
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(20) or not self.port:
+        if not self._ready.wait(20) or not self.port or not self._started:
             self.stop()
             raise RuntimeError("mitmdump did not start:\n" + "\n".join(self.lines))
 
@@ -51,6 +59,7 @@ class Mitmdump:
                 listening = True
             bridge = bridge or "answering bridged requests" in line
             if listening and (bridge or not self._needs_bridge_line):
+                self._started = True
                 self._ready.set()
         self._ready.set()
 

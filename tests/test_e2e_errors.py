@@ -56,7 +56,9 @@ def assert_error_body(response: httpx.Response, status: int) -> dict[str, object
     ],
 )
 def test_bad_input_is_400_and_nothing_is_sent(
-    shared_bridge: Mitmdump, shared_fake: FakeUpstream, body: bytes | dict[str, object],
+    shared_bridge: Mitmdump,
+    shared_fake: FakeUpstream,
+    body: bytes | dict[str, object],
     param: str | None,
 ) -> None:
     before = shared_fake.connections
@@ -142,7 +144,9 @@ def test_failed_stream_ends_with_response_failed(client: openai.OpenAI) -> None:
 
 
 def test_close_after_completed_still_answers(client: openai.OpenAI) -> None:
-    response = client.responses.create(model="m", input="x fake:close=1011 fake:phase=after_completed")
+    response = client.responses.create(
+        model="m", input="x fake:close=1011 fake:phase=after_completed"
+    )
     assert response.output_text.startswith("echo: x")
 
 
@@ -153,7 +157,9 @@ def test_upgrade_rejection_status_passes_through(
     bridge = start_bridge(fake)
     fake.handshake_status = status
     for stream in (False, True):
-        error = assert_error_body(post(bridge, {"model": "m", "input": "x", "stream": stream}), status)
+        error = assert_error_body(
+            post(bridge, {"model": "m", "input": "x", "stream": stream}), status
+        )
         assert str(status) in str(error["message"])
 
 

@@ -1,8 +1,9 @@
-"""End to end: the real openai SDK → a real mitmdump with the addon → the fake websocket upstream."""
+"""End to end: the real openai SDK → a real mitmdump with the addon → the fake upstream."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import httpx
@@ -96,7 +97,9 @@ def test_thin_completed_is_repaired(client: openai.OpenAI, directive: str, strea
     prompt = f"repair fake:{directive} fake:reasoning"
     include = ["reasoning.encrypted_content"]
     if stream:
-        events = list(client.responses.create(model="m", input=prompt, include=include, stream=True))  # type: ignore[list-item]
+        events = list(
+            client.responses.create(model="m", input=prompt, include=include, stream=True)
+        )  # type: ignore[list-item]
         final = events[-1].response
     else:
         final = client.responses.create(model="m", input=prompt, include=include)  # type: ignore[list-item]
@@ -129,13 +132,15 @@ def test_slow_stream_arrives_spaced(client: openai.OpenAI) -> None:
     ):
         if event.type == "response.output_text.delta":
             arrivals.append(time.monotonic())
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert len(gaps) == 3
     # Buffered delivery would bunch them together; live delivery keeps the upstream's spacing.
     assert all(gap > 0.2 for gap in gaps), gaps
 
 
-def test_non_responses_flows_pass_through(shared_bridge: Mitmdump, shared_fake: FakeUpstream) -> None:
+def test_non_responses_flows_pass_through(
+    shared_bridge: Mitmdump, shared_fake: FakeUpstream
+) -> None:
     connections = shared_fake.connections
     got = httpx.get(f"{shared_bridge.base_url}/models", timeout=10)
     assert got.status_code == 426  # the fake's plain-HTTP answer, untouched by the addon

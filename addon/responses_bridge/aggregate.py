@@ -59,7 +59,8 @@ def error_object(event: dict[str, Any]) -> dict[str, Any]:
     nested = event.get("error")
     if isinstance(nested, dict):
         return dict(nested)
-    return {key: event[key] for key in ("message", "type", "code", "param") if key in event} or {
+    # Not "type": in the flat shape that is the event's type ("error"), not the error's.
+    return {key: event[key] for key in ("message", "code", "param") if key in event} or {
         "message": "The upstream sent an error event without details."
     }
 
@@ -81,6 +82,12 @@ def _with_usage_defaults(usage: Any) -> tuple[Any, bool]:
             fixed[key] = {**details, field: 0}
             changed = True
     return fixed, changed
+
+
+def _item_id(item: dict[str, Any]) -> str | None:
+    """An output item's ``id`` when it is a string (ids of other types cannot be matched)."""
+    value = item.get("id")
+    return value if isinstance(value, str) else None
 
 
 class ResponseFolder:
@@ -120,6 +127,7 @@ class ResponseFolder:
         response = event.get("response")
         if not isinstance(response, dict):
             response = dict(self.created or {})
+            response["status"] = str(event.get("type")).removeprefix("response.")
             response.setdefault("output", [])
             return {**event, "response": self._repair_response(response)[0]}, True
         fixed, changed = self._repair_response(response)
@@ -136,13 +144,13 @@ class ResponseFolder:
             fixed["output"] = done
             changed = not isinstance(output, list) or bool(done)
         elif done:
-            by_id = {item["id"]: item for item in done if isinstance(item.get("id"), str)}
+            by_id = {_item_id(item): item for item in done if _item_id(item) is not None}
             replaced = [
-                by_id.get(item.get("id"), item) if isinstance(item, dict) else item
+                by_id.get(_item_id(item), item) if isinstance(item, dict) else item
                 for item in output
             ]
-            seen = {item.get("id") for item in replaced if isinstance(item, dict)}
-            missing = [item for item in done if item.get("id") not in seen]
+            seen = {_item_id(item) for item in replaced if isinstance(item, dict)}
+            missing = [item for item in done if _item_id(item) not in seen]
             rebuilt = replaced + missing
             if rebuilt != output:
                 fixed["output"] = rebuilt

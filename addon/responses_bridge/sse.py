@@ -25,7 +25,12 @@ def encode_event(event: dict[str, Any], raw: str | None = None) -> bytes:
     """One SSE frame. ``raw`` is the event's JSON text as received; it is reused unchanged when it
     is a single line, which saves serializing every relayed delta again."""
     data = raw if raw is not None and "\n" not in raw and "\r" not in raw else dumps(event)
-    return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    try:
+        return f"event: {event['type']}\ndata: {data}\n\n".encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (json.loads accepts "\ud83d"): send it escaped, as JSON allows.
+        data = json.dumps(event, separators=(",", ":"))
+        return f"event: {event['type']}\ndata: {data}\n\n".encode(errors="replace")
 
 
 def error_event(error: BridgeError, sequence_number: int | None = None) -> dict[str, Any]:
@@ -82,7 +87,9 @@ class SSEDecoder:
     def close(self) -> Iterator[SSEMessage]:
         """Flush a final message that lacked its blank line."""
         if self._buffer:
-            message = self._line(self._buffer.decode("utf-8", errors="replace"))
+            # What is left has no LF; a final CR is its line end, not part of the line.
+            line = self._buffer.removesuffix(b"\r")
+            message = self._line(line.decode("utf-8", errors="replace"))
             self._buffer = b""
             if message is not None:
                 yield message
@@ -92,7 +99,8 @@ class SSEDecoder:
 
     def _line(self, line: str) -> SSEMessage | None:
         if line == "":
-            if not self._data and self._event is None:
+            if not self._data:  # the spec drops a message without data, event name and all
+                self._event = None
                 return None
             message = SSEMessage(self._event or "message", "\n".join(self._data))
             self._event, self._data = None, []

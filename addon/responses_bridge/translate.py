@@ -145,6 +145,10 @@ def _type_error(field: str, expected: str) -> InvalidRequest:
     )
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_client_request(raw: bytes, *, max_bytes: int | None = None) -> ClientRequest:
     """Parse and validate a request body. Unknown fields pass through untouched."""
     if max_bytes is not None and len(raw) > max_bytes:
@@ -158,8 +162,9 @@ def parse_client_request(raw: bytes, *, max_bytes: int | None = None) -> ClientR
             f"The request body is not valid UTF-8 (byte {exc.start}).", code="invalid_json"
         ) from exc
     try:
-        body = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+        body = json.loads(text, parse_constant=_reject_constant)
+    # ValueError also covers int literals over sys.get_int_max_str_digits() and NaN/Infinity.
+    except (ValueError, RecursionError) as exc:
         raise InvalidRequest(
             f"The request body is not valid JSON: {exc}", code="invalid_json"
         ) from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 import time
 from collections.abc import Sequence
@@ -32,6 +33,10 @@ from responses_bridge.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+
+# The library logs handshake headers (Authorization included) at debug level: keep it quiet.
+_LIBRARY_LOGGER = logging.getLogger("responses_bridge.websockets")
+_LIBRARY_LOGGER.setLevel(logging.WARNING)
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # the library's 1 MiB default is too small for big terminals
 _CLOSE_NAMES = {
@@ -175,6 +180,7 @@ async def open_socket(
             ping_interval=20,
             ping_timeout=60,
             close_timeout=2,
+            logger=_LIBRARY_LOGGER,
         )
     except TimeoutError as exc:
         raise UpstreamTimeout(
