@@ -20,7 +20,7 @@ from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import UpstreamMode
 
-from responses_bridge import relay, translate
+from responses_bridge import relay, sessions, translate
 from responses_bridge.server import SECRET_HEADER, IncomingRequest, LoopbackServer, ResponseWriter
 
 logger = logging.getLogger("responses_bridge")
@@ -62,7 +62,8 @@ class ResponsesBridge:
         self._server_task: asyncio.Task[None] | None = None
         self._exchanges: dict[str, relay.Exchange] = {}
         self._originals: dict[str, _Original] = {}
-        self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._registry = sessions.Registry()
+        self._sweeper: asyncio.Task[None] | None = None
         self._host_patterns: tuple[str, ...] = ()
         self._settings = relay.Settings()
 
@@ -104,6 +105,43 @@ class ResponsesBridge:
             "Keep upstream sockets so previous_response_id continues on the socket that holds it.",
         )
         loader.add_option(
+            "responses_bridge_rehydrate",
+            bool,
+            True,
+            "Keep each chain's transcript so a chain whose socket is gone continues on a fresh "
+            "socket with its full context.",
+        )
+        loader.add_option(
+            "responses_bridge_max_sessions",
+            int,
+            64,
+            "Most upstream sockets open at once (retained and in flight).",
+        )
+        loader.add_option(
+            "responses_bridge_session_ttl",
+            str,
+            "600",
+            "Seconds an idle retained socket is kept.",
+        )
+        loader.add_option(
+            "responses_bridge_max_socket_age",
+            str,
+            "3300",
+            "Seconds after which a socket is not used again (the upstream ends them at 60 min).",
+        )
+        loader.add_option(
+            "responses_bridge_drain_timeout",
+            str,
+            "30",
+            "Seconds to keep reading an answer whose client left, so its socket stays usable.",
+        )
+        loader.add_option(
+            "responses_bridge_transcript_max_bytes",
+            int,
+            16 * 1024 * 1024,
+            "Largest transcript kept per chain for rehydration; a longer chain is not rehydrated.",
+        )
+        loader.add_option(
             "responses_bridge_connect_timeout",
             str,
             "15",
@@ -140,8 +178,13 @@ class ResponsesBridge:
             translate.validate_upstream_override(opts.responses_bridge_upstream)
         except ValueError as exc:
             raise exceptions.OptionsError(f"responses_bridge_upstream {exc}") from None
-        if opts.responses_bridge_max_body_bytes <= 0:
-            raise exceptions.OptionsError("responses_bridge_max_body_bytes must be positive")
+        for name in (
+            "responses_bridge_max_body_bytes",
+            "responses_bridge_max_sessions",
+            "responses_bridge_transcript_max_bytes",
+        ):
+            if getattr(opts, name) <= 0:
+                raise exceptions.OptionsError(f"{name} must be positive")
         self._host_patterns = translate.parse_host_patterns(opts.responses_bridge_hosts)
         self._settings = relay.Settings(
             connect_timeout=_positive_seconds(
@@ -153,8 +196,23 @@ class ResponsesBridge:
             chatgpt_compat=opts.responses_bridge_chatgpt_compat,
             forward_vendor_events=opts.responses_bridge_forward_vendor_events,
             max_body_bytes=opts.responses_bridge_max_body_bytes,
+            stateful=opts.responses_bridge_stateful,
+            rehydrate=opts.responses_bridge_rehydrate,
+            drain_timeout=_positive_seconds(
+                "responses_bridge_drain_timeout", opts.responses_bridge_drain_timeout
+            ),
             ssl_context=self._upstream_ssl_context(),
         )
+        limits = self._registry.limits
+        limits.max_sessions = opts.responses_bridge_max_sessions
+        limits.session_ttl = _positive_seconds(
+            "responses_bridge_session_ttl", opts.responses_bridge_session_ttl
+        )
+        limits.max_socket_age = _positive_seconds(
+            "responses_bridge_max_socket_age", opts.responses_bridge_max_socket_age
+        )
+        limits.transcript_max_bytes = opts.responses_bridge_transcript_max_bytes
+        limits.keep_transcripts = opts.responses_bridge_rehydrate
 
     def running(self) -> None:
         if ctx.options.connection_strategy != "lazy":
@@ -169,11 +227,17 @@ class ResponsesBridge:
                 self._server.serve(), name="responses-bridge loopback server"
             )
             logger.info("responses-bridge: answering bridged requests from 127.0.0.1:%d", port)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(
+                self._sweep_forever(), name="responses-bridge session sweeper"
+            )
 
     def done(self) -> Awaitable[Any]:
-        for task in self._tasks.values():
-            task.cancel()
-        pending = [self._server.close(), *self._tasks.values()]
+        tasks = [e.task for e in self._exchanges.values() if e.task is not None]
+        for task in [*tasks, self._sweeper]:
+            if task is not None:
+                task.cancel()
+        pending = [self._server.close(), self._registry.close_all(), *tasks]
         return asyncio.gather(*pending, return_exceptions=True)
 
     # -- hooks -------------------------------------------------------------------------------
@@ -226,7 +290,6 @@ class ResponsesBridge:
     def response(self, flow: http.HTTPFlow) -> None:
         self._restore(flow)
         exchange = self._exchanges.pop(flow.id, None)
-        self._tasks.pop(flow.id, None)
         if exchange is None:
             return
         assert flow.response is not None
@@ -237,10 +300,8 @@ class ResponsesBridge:
     def error(self, flow: http.HTTPFlow) -> None:
         self._restore(flow)
         exchange = self._exchanges.pop(flow.id, None)
-        task = self._tasks.pop(flow.id, None)
-        if task is not None and not task.done():
-            task.cancel()
         if exchange is not None:
+            exchange.client_gone()
             exchange.error = (
                 exchange.error or f"client side: {flow.error.msg if flow.error else 'error'}"
             )
@@ -264,13 +325,13 @@ class ResponsesBridge:
                 },
             )
             return
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks[flow_id] = task
-        try:
-            await relay.answer(exchange, request, writer)
-        finally:
-            self._tasks.pop(flow_id, None)
+        exchange.task = asyncio.current_task()
+        await relay.answer(exchange, request, writer, self._registry)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(30.0, self._registry.limits.session_ttl / 4))
+            self._registry.sweep()
 
     def _restore(self, flow: http.HTTPFlow) -> None:
         original = self._originals.pop(flow.id, None)

@@ -130,3 +130,28 @@ class UpstreamResponseError(BridgeError):
         merged = super().error_object()
         merged.update(self.upstream_error)
         return merged
+
+
+class PreviousResponseNotFound(InvalidRequest):
+    """``previous_response_id`` names a response this bridge (and the upstream) cannot continue."""
+
+    code = "previous_response_not_found"
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(
+            f"Previous response with id '{response_id}' not found.", param="previous_response_id"
+        )
+
+
+class ChainBusy(InvalidRequest):
+    """The chain's socket is answering another turn and rehydration is off (409)."""
+
+    status = 409
+    code = "previous_response_in_progress"
+
+    def __init__(self, response_id: str) -> None:
+        super().__init__(
+            f"Response '{response_id}' is being continued by another request on its upstream "
+            "socket, and responses_bridge_rehydrate is off so it cannot be forked; retry later.",
+            param="previous_response_id",
+        )

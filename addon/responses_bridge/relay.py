@@ -1,16 +1,20 @@
-"""Answer one bridged request: open the upstream socket, send the turn, relay or fold the events.
+"""Answer one bridged request: choose the upstream socket, send the turn, relay or fold the events.
 
-This is the I/O core between the loopback server (client side) and ``upstream`` (websocket side).
-The HTTP status is decided before anything is committed: a failure before ``response.created`` is a
-real HTTP error with a JSON body; after it, an SSE ``error`` event that ends the stream.
+This is the I/O core between the loopback server (client side), ``sessions`` (which socket) and
+``upstream`` (the websocket). The HTTP status is decided before anything is committed: a failure
+before ``response.created`` is a real HTTP error with a JSON body; after it, an SSE ``error``
+event ends the stream. A continuation whose socket is gone is resent in full (rehydrated), never
+as a delta on a fresh socket; a client that leaves mid-answer is drained so its socket stays usable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from responses_bridge import sse
@@ -21,13 +25,23 @@ from responses_bridge.aggregate import (
     error_object,
     error_status,
 )
-from responses_bridge.errors import BridgeError, UpstreamProtocolError, UpstreamResponseError
+from responses_bridge.errors import (
+    BridgeError,
+    ChainBusy,
+    PreviousResponseNotFound,
+    UpstreamClosed,
+    UpstreamProtocolError,
+    UpstreamResponseError,
+)
 from responses_bridge.server import IncomingRequest, ResponseWriter
+from responses_bridge.sessions import ChainNode, Registry, Route, Session
 from responses_bridge.translate import (
     build_create_frame,
     chatgpt_compat_enabled,
     forwardable_headers,
+    input_items,
     parse_client_request,
+    rehydrated_frame,
 )
 from responses_bridge.upstream import UpstreamSocket, open_socket
 
@@ -39,6 +53,7 @@ SSE_HEADERS = [
     ("x-accel-buffering", "no"),
 ]
 _MAX_EVENTS_BEFORE_CREATED = 1000
+_RETRYABLE_CODES = frozenset({"previous_response_not_found", "websocket_connection_limit_reached"})
 
 
 @dataclass(frozen=True)
@@ -47,9 +62,12 @@ class Settings:
 
     connect_timeout: float = 15.0
     idle_timeout: float = 300.0
+    drain_timeout: float = 30.0
     chatgpt_compat: str = "auto"
     forward_vendor_events: bool = False
     max_body_bytes: int = 32 * 1024 * 1024
+    stateful: bool = True
+    rehydrate: bool = True
     ssl_context: ssl.SSLContext | None = None
     proxy: str | None = None
 
@@ -66,77 +84,281 @@ class Exchange:
     status: int | None = None
     events: int = 0
     socket_state: str = "new"
+    socket_age: float = 0.0
     error: str | None = None
     sse_body: bytearray = field(default_factory=bytearray)
     finished: float | None = None
+    sink: ClientSink | None = None
+    task: asyncio.Task[Any] | None = None
 
     def duration(self) -> float:
         return (self.finished or time.monotonic()) - self.started
 
+    def client_gone(self) -> None:
+        """The client disconnected: drain the upstream (stateful) or stop at once."""
+        if self.sink is not None:
+            self.sink.leave()
+        if not self.settings.stateful and self.task is not None and not self.task.done():
+            self.task.cancel()
 
-async def answer(exchange: Exchange, request: IncomingRequest, writer: ResponseWriter) -> None:
-    """Answer ``request`` on ``writer`` through a fresh upstream socket."""
+
+class ClientSink:
+    """The client side of one exchange; after the client leaves, writes are dropped and the
+    upstream is read on (draining) for at most ``drain_timeout`` seconds."""
+
+    def __init__(self, writer: ResponseWriter, exchange: Exchange) -> None:
+        self.writer = writer
+        self.exchange = exchange
+        self.gone = False
+        self._deadline: float | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.writer.started
+
+    def leave(self) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        self._deadline = time.monotonic() + self.exchange.settings.drain_timeout
+        self.writer.abort()
+
+    def receive_timeout(self) -> float:
+        idle = self.exchange.settings.idle_timeout
+        if self._deadline is None:
+            return idle
+        return max(0.0, min(idle, self._deadline - time.monotonic()))
+
+    async def _guard(self, coroutine: Any) -> None:
+        if self.gone:
+            coroutine.close()
+            return
+        try:
+            await coroutine
+        except (ConnectionError, OSError):
+            self.leave()
+
+    async def start_stream(self, headers: list[tuple[str, str]]) -> None:
+        await self._guard(self.writer.start_stream(200, SSE_HEADERS + headers))
+        self.writer.started = True
+
+    async def write(self, data: bytes) -> None:
+        await self._guard(self.writer.write(data))
+
+    async def end_stream(self) -> None:
+        await self._guard(self.writer.end_stream())
+
+    async def send_json(self, status: int, payload: Any, headers: list[tuple[str, str]]) -> None:
+        await self._guard(self.writer.send_json(status, payload, headers))
+
+
+@dataclass
+class Plan:
+    """One attempt: the frame to send, on which socket, and how it extends the chain."""
+
+    frame: dict[str, Any]
+    label: str
+    session: Session | None = None  # a leased, retained socket; None opens a fresh one
+    parent: ChainNode | None = None
+    continues: bool = False  # the frame continues a chain the bridge may not know in full
+    shown_previous_id: str | None = None  # restore in events of a rehydrated answer
+
+
+async def answer(
+    exchange: Exchange, request: IncomingRequest, writer: ResponseWriter, registry: Registry
+) -> None:
+    """Answer ``request`` on ``writer`` through the upstream's websocket mode."""
     settings = exchange.settings
-    socket: UpstreamSocket | None = None
+    sink = exchange.sink = ClientSink(writer, exchange)
     try:
         client = parse_client_request(request.body, max_bytes=settings.max_body_bytes)
         exchange.stream = client.stream
+        if client.stream:
+            writer.on_chunk = exchange.sse_body.extend  # kept for the flow once it finishes
         compat = chatgpt_compat_enabled(settings.chatgpt_compat, exchange.upstream_url)
         frame = build_create_frame(client.body, chatgpt_compat=compat)
-        socket = await open_socket(
+        owner = registry.owner_of(request.headers)
+        new_items = input_items(client.body.get("input"))
+        connect = partial(
+            open_socket,
             exchange.upstream_url,
             forwardable_headers(request.headers),
             connect_timeout=settings.connect_timeout,
             ssl_context=settings.ssl_context,
             proxy=settings.proxy,
         )
-        await socket.send_event(frame)
-        if client.stream:
-            writer.on_chunk = exchange.sse_body.extend
-            await relay_stream(socket, writer, exchange)
-        else:
-            await relay_json(socket, writer, exchange)
+        plan = _first_plan(
+            registry,
+            exchange,
+            frame,
+            new_items,
+            owner,
+            client.previous_response_id,
+            upstream_resolves=not compat and client.store is not False,
+        )
+        for attempt in (1, 2):
+            session = plan.session or await registry.open(owner, exchange.upstream_url, connect)
+            exchange.socket_state = plan.label
+            exchange.socket_age = registry.clock() - session.opened_at
+            exchange.events = 0
+            async with registry.lease(session) as lease:
+                socket = session.socket
+                assert isinstance(socket, UpstreamSocket)
+                try:
+                    await socket.send_event(plan.frame)
+                    relay = relay_stream if client.stream else relay_json
+                    folder = await relay(socket, sink, exchange, plan)
+                except BridgeError as exc:
+                    retry = (
+                        None if attempt > 1 or sink.started else _retry_plan(exc, plan, exchange)
+                    )
+                    if retry is None:
+                        raise
+                    logger.info("responses-bridge: %s; resending as %s", exc.message, retry.label)
+                    plan = retry
+                    continue
+                terminal = folder.terminal
+                if terminal is not None and terminal["type"] != "response.failed":
+                    response_id = terminal["response"].get("id")
+                    if isinstance(response_id, str) and settings.stateful:
+                        registry.record(
+                            response_id,
+                            owner,
+                            exchange.upstream_url,
+                            plan.parent,
+                            new_items + folder.done_items(),
+                            continues=plan.continues,
+                        )
+                        lease.retain_as = response_id
+            return
     except BridgeError as exc:
         exchange.error = f"{type(exc).__name__}: {exc.message}"
-        if not writer.started:
-            await writer.send_json(exc.status, exc.body(), list(exc.headers.items()))
+        if not sink.started:
+            await sink.send_json(exc.status, exc.body(), list(exc.headers.items()))
         elif not writer.finished:
-            await writer.write(sse.encode_event(sse.error_event(exc)))
-            await writer.end_stream()
+            await sink.write(sse.encode_event(sse.error_event(exc)))
+            await sink.end_stream()
     finally:
         exchange.status = writer.status
         exchange.finished = time.monotonic()
-        if socket is not None:
-            await socket.close()
 
 
-async def relay_stream(socket: UpstreamSocket, writer: ResponseWriter, exchange: Exchange) -> None:
+def _first_plan(
+    registry: Registry,
+    exchange: Exchange,
+    frame: dict[str, Any],
+    new_items: list[dict[str, Any]],
+    owner: str,
+    previous_id: str | None,
+    *,
+    upstream_resolves: bool,
+) -> Plan:
+    if previous_id is None:
+        return Plan(frame, "new")
+    if not exchange.settings.stateful:
+        return Plan(frame, "new", continues=True)
+    decision = registry.route(
+        owner, exchange.upstream_url, previous_id, upstream_resolves=upstream_resolves
+    )
+    if decision.route is Route.REUSE:
+        parent = registry.chain(previous_id, owner, exchange.upstream_url)
+        return Plan(frame, "reused", session=decision.session, parent=parent, continues=True)
+    if decision.route in (Route.REHYDRATE, Route.FORK) and exchange.settings.rehydrate:
+        assert decision.node is not None
+        transcript = decision.node.transcript() or []
+        return Plan(
+            rehydrated_frame(frame, transcript, new_items),
+            decision.route.value,
+            parent=decision.node,
+            continues=True,
+            shown_previous_id=previous_id,
+        )
+    if decision.route is Route.BUSY or decision.route is Route.FORK:
+        raise ChainBusy(previous_id)
+    if decision.route is Route.PASS:
+        return Plan(frame, "new", continues=True)
+    raise PreviousResponseNotFound(previous_id)
+
+
+def _retry_plan(exc: BridgeError, plan: Plan, exchange: Exchange) -> Plan | None:
+    """A second attempt on a fresh socket, when that is safe and can succeed."""
+    retryable = exc.code in _RETRYABLE_CODES or (
+        isinstance(exc, UpstreamClosed) and plan.session is not None and exchange.events == 0
+    )
+    if not retryable or exchange.sink is None or exchange.sink.gone:
+        return None
+    previous_id = plan.frame.get("previous_response_id")
+    if not isinstance(previous_id, str):
+        # A full request (no previous_response_id) can be resent as it is.
+        return Plan(
+            plan.frame,
+            plan.label,
+            parent=plan.parent,
+            continues=plan.continues,
+            shown_previous_id=plan.shown_previous_id,
+        )
+    if not exchange.settings.rehydrate or plan.parent is None:
+        return None
+    transcript = plan.parent.transcript()
+    if transcript is None:
+        return None
+    new_items = input_items(plan.frame.get("input"))
+    return Plan(
+        rehydrated_frame(plan.frame, transcript, new_items),
+        "rehydrated",
+        parent=plan.parent,
+        continues=True,
+        shown_previous_id=previous_id,
+    )
+
+
+def _bridge_headers(exchange: Exchange) -> list[tuple[str, str]]:
+    return [
+        ("x-responses-bridge", exchange.socket_state),
+        ("x-responses-bridge-socket-age", f"{exchange.socket_age:.1f}"),
+    ]
+
+
+def _show_previous(event: dict[str, Any], plan: Plan) -> tuple[dict[str, Any], bool]:
+    """Put the client's ``previous_response_id`` back into a rehydrated answer's events."""
+    response = event.get("response")
+    if plan.shown_previous_id is None or not isinstance(response, dict):
+        return event, False
+    return {**event, "response": {**response, "previous_response_id": plan.shown_previous_id}}, True
+
+
+async def relay_stream(
+    socket: UpstreamSocket, sink: ClientSink, exchange: Exchange, plan: Plan
+) -> ResponseFolder:
     """Relay upstream events as SSE, committing ``200`` at ``response.created``."""
     settings = exchange.settings
     folder = ResponseFolder()
     held: list[tuple[dict[str, Any], str | None]] = []
+
+    async def forward(event: dict[str, Any], raw: str | None) -> None:
+        fixed, changed = folder.feed(event)
+        fixed, shown = _show_previous(fixed, plan)
+        await sink.write(sse.encode_event(fixed, None if changed or shown else raw))
+
     while True:
-        event, raw = await socket.receive(settings.idle_timeout)
+        event, raw = await socket.receive(sink.receive_timeout())
         exchange.events += 1
         kind = classify(event)
         if kind is EventKind.VENDOR:
-            if writer.started and settings.forward_vendor_events:
-                await writer.write(sse.encode_event(event, raw))
+            if sink.started and settings.forward_vendor_events:
+                await sink.write(sse.encode_event(event, raw))
             continue
         if kind is EventKind.ERROR:
             failure = UpstreamResponseError(error_object(event), status=error_status(event))
-            if not writer.started:
+            if not sink.started:
                 raise failure
             sequence = event.get("sequence_number")
-            await writer.write(
-                sse.encode_event(
-                    sse.error_event(failure, sequence if isinstance(sequence, int) else None)
-                )
-            )
-            await writer.end_stream()
+            error_event = sse.error_event(failure, sequence if isinstance(sequence, int) else None)
+            await sink.write(sse.encode_event(error_event))
+            await sink.end_stream()
             exchange.error = f"upstream error: {failure.message}"
-            return
-        if not writer.started:
+            return folder
+        if not sink.started:
             if kind is EventKind.OTHER:
                 held.append((event, raw))
                 if len(held) > _MAX_EVENTS_BEFORE_CREATED:
@@ -145,37 +367,38 @@ async def relay_stream(socket: UpstreamSocket, writer: ResponseWriter, exchange:
                     )
                 continue
             # response.created (or a terminal event without one) commits the 200.
-            await writer.start_stream(200, SSE_HEADERS)
-            if kind is EventKind.CREATED:
-                held.insert(0, (event, raw))
-            else:
-                held.insert(0, (folder.synthesize_created(event), None))
-            for early, early_raw in held:
-                fixed, changed = folder.feed(early)
-                await writer.write(sse.encode_event(fixed, None if changed else early_raw))
+            await sink.start_stream(_bridge_headers(exchange))
+            first = (
+                (event, raw)
+                if kind is EventKind.CREATED
+                else (folder.synthesize_created(event), None)
+            )
+            for early, early_raw in [first, *held]:
+                await forward(early, early_raw)
             held.clear()
             if kind is EventKind.CREATED:
                 continue
-        fixed, changed = folder.feed(event)
-        await writer.write(sse.encode_event(fixed, None if changed else raw))
+        await forward(event, raw)
         if kind is EventKind.TERMINAL:
-            await writer.end_stream()
-            return
+            await sink.end_stream()
+            return folder
 
 
-async def relay_json(socket: UpstreamSocket, writer: ResponseWriter, exchange: Exchange) -> None:
+async def relay_json(
+    socket: UpstreamSocket, sink: ClientSink, exchange: Exchange, plan: Plan
+) -> ResponseFolder:
     """Fold upstream events into the final Response object and send it as JSON."""
     folder = ResponseFolder()
     while True:
-        event, _raw = await socket.receive(exchange.settings.idle_timeout)
+        event, _raw = await socket.receive(sink.receive_timeout())
         exchange.events += 1
         kind = classify(event)
         if kind is EventKind.ERROR:
             raise UpstreamResponseError(error_object(event), status=error_status(event))
-        if kind is not EventKind.TERMINAL:
-            folder.feed(event)
-            continue
         terminal, _changed = folder.feed(event)
+        if kind is not EventKind.TERMINAL:
+            continue
+        terminal, _shown = _show_previous(terminal, plan)
         response = terminal["response"]
         if terminal["type"] == "response.failed":
             failure = response.get("error")
@@ -184,5 +407,5 @@ async def relay_json(socket: UpstreamSocket, writer: ResponseWriter, exchange: E
             raise UpstreamResponseError(
                 {"type": "server_error", **failure}, status=error_status(failure)
             )
-        await writer.send_json(200, response)
-        return
+        await sink.send_json(200, response, _bridge_headers(exchange))
+        return folder

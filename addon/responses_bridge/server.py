@@ -102,6 +102,11 @@ class ResponseWriter:
             self.on_chunk(data)
         await self.stream.drain()
 
+    def abort(self) -> None:
+        """Drop the connection to mitmproxy at once (the client has gone)."""
+        self.finished = True
+        self.stream.transport.abort()
+
     async def end_stream(self) -> None:
         """Send the last chunk."""
         if self.finished:

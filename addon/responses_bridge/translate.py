@@ -205,3 +205,32 @@ def build_create_frame(body: dict[str, Any], *, chatgpt_compat: bool) -> dict[st
     if chatgpt_compat:
         frame["store"] = False
     return frame
+
+
+def input_items(value: Any) -> list[dict[str, Any]]:
+    """The request's ``input`` as a list of items (a string is one user message)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    return [item for item in value if isinstance(item, dict)]
+
+
+def replayable(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Transcript items fit to send again as input: reasoning items without
+    ``encrypted_content`` cannot be replayed with ``store: false`` and are left out."""
+    return [
+        item
+        for item in items
+        if not (item.get("type") == "reasoning" and not item.get("encrypted_content"))
+    ]
+
+
+def rehydrated_frame(
+    frame: dict[str, Any], transcript: list[dict[str, Any]], new_items: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A continuation resent in full: the chain's transcript plus the new input, and no
+    ``previous_response_id`` (a fresh socket does not know it)."""
+    full = {k: v for k, v in frame.items() if k != "previous_response_id"}
+    full["input"] = replayable(transcript) + new_items
+    return full

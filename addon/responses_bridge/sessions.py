@@ -1,0 +1,350 @@
+"""Retained upstream sockets and chain transcripts: the bridge's only session state.
+
+With ``store: false`` the upstream keeps a response's state only on the socket that produced it.
+The ``Registry`` keeps such sockets after a response completes, keyed by that response id and
+owned by one credential (a keyed hash, never the credential) and one upstream URL. It also keeps,
+per response, the transcript the upstream saw (a linked chain of segments, so a chain of N turns
+costs O(N)), which lets a chain whose socket is gone continue on a fresh socket ("rehydration").
+
+Capacity counts every open socket (retained and in flight, plus those being connected); a full
+registry closes its least recently used idle socket, or refuses with ``CapacityExceeded``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from responses_bridge.errors import BridgeError
+
+
+class ClosableSocket(Protocol):
+    """What the registry needs of an upstream socket."""
+
+    opened_at: float
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class CapacityExceeded(BridgeError):
+    """Every upstream socket is busy and ``responses_bridge_max_sessions`` is reached (503)."""
+
+    status = 503
+    error_type = "server_error"
+    code = "bridge_capacity_exceeded"
+
+
+@dataclass(eq=False)
+class Session:
+    """One open upstream socket and who may use it."""
+
+    socket: ClosableSocket
+    owner: str
+    upstream: str
+    opened_at: float
+    last_used: float
+    turns: int = 0
+    response_id: str | None = None  # the response this idle socket can continue
+    continuing: str | None = None  # the previous_response_id of the turn in flight
+    busy: bool = True
+
+
+@dataclass(eq=False)
+class ChainNode:
+    """One completed response and the part of the transcript it added."""
+
+    response_id: str
+    owner: str
+    upstream: str
+    parent: ChainNode | None
+    segment: list[dict[str, Any]] | None  # None: the transcript was not kept (too large)
+    total_bytes: int
+
+    def transcript(self) -> list[dict[str, Any]] | None:
+        """Every item the upstream has seen for this chain, oldest first; None if not kept."""
+        segments: list[list[dict[str, Any]]] = []
+        node: ChainNode | None = self
+        while node is not None:
+            if node.segment is None:
+                return None
+            segments.append(node.segment)
+            node = node.parent
+        return [item for segment in reversed(segments) for item in segment]
+
+
+class Route(enum.Enum):
+    """How a request naming ``previous_response_id`` is served."""
+
+    REUSE = "reused"  # on the idle socket that holds the id
+    REHYDRATE = "rehydrated"  # the socket is gone: full transcript on a fresh socket
+    FORK = "forked"  # the socket is busy: full transcript on a fresh socket
+    PASS = "new"  # unknown here, but the upstream may resolve it (store: true)
+    NOT_FOUND = "not_found"  # unknown and unresolvable: 400
+    BUSY = "busy"  # the socket is busy and rehydration is off: 409
+
+
+@dataclass
+class Decision:
+    """The outcome of :meth:`Registry.route`."""
+
+    route: Route
+    session: Session | None = None
+    node: ChainNode | None = None
+
+
+@dataclass
+class Limits:
+    """The registry's bounds, from the addon's options."""
+
+    max_sessions: int = 64
+    session_ttl: float = 600.0
+    max_socket_age: float = 55 * 60.0
+    transcript_max_bytes: int = 16 * 1024 * 1024
+    keep_transcripts: bool = True
+    max_chains: int | None = None  # default: 8 * max_sessions
+
+    @property
+    def chain_capacity(self) -> int:
+        return self.max_chains if self.max_chains is not None else 8 * self.max_sessions
+
+
+def items_size(items: Iterable[dict[str, Any]]) -> int:
+    """Approximate bytes of a list of items (their compact JSON)."""
+    return sum(len(json.dumps(item, separators=(",", ":"))) for item in items)
+
+
+@dataclass
+class Registry:
+    """See the module docstring. All methods run on one event loop; none blocks."""
+
+    limits: Limits = field(default_factory=Limits)
+    clock: Callable[[], float] = time.monotonic
+    _key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    _sessions: set[Session] = field(default_factory=set)
+    _idle: dict[str, Session] = field(default_factory=dict)  # response id -> idle session
+    _in_flight_from: dict[str, Session] = field(default_factory=dict)
+    _chains: OrderedDict[str, ChainNode] = field(default_factory=OrderedDict)
+    _connecting: int = 0
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
+
+    # -- identity ----------------------------------------------------------------------------
+
+    def owner_of(self, headers: Iterable[tuple[str, str]]) -> str:
+        """A keyed hash of the request's credential (Authorization + ChatGPT-Account-ID)."""
+        wanted = {"authorization": "", "chatgpt-account-id": "", "api-key": ""}
+        for name, value in headers:
+            lower = name.lower()
+            if lower in wanted and not wanted[lower]:
+                wanted[lower] = value
+        material = "\0".join(wanted[k] for k in sorted(wanted)).encode()
+        return hmac.new(self._key, material, hashlib.sha256).hexdigest()[:24]
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def route(
+        self, owner: str, upstream: str, previous_id: str, *, upstream_resolves: bool
+    ) -> Decision:
+        """Decide how to serve a continuation of ``previous_id``; a REUSE leases the socket."""
+        session = self._idle.get(previous_id)
+        if session is not None and (session.owner, session.upstream) == (owner, upstream):
+            if self._usable(session):
+                del self._idle[previous_id]
+                session.busy = True
+                session.continuing = previous_id
+                session.last_used = self.clock()
+                self._in_flight_from[previous_id] = session
+                return Decision(Route.REUSE, session=session)
+            self._schedule_close(session)
+        node = self._chains.get(previous_id)
+        if node is not None and (node.owner, node.upstream) != (owner, upstream):
+            node = None
+        if node is not None:
+            self._chains.move_to_end(previous_id)
+        busy = self._in_flight_from.get(previous_id)
+        busy_for_owner = busy is not None and (busy.owner, busy.upstream) == (owner, upstream)
+        transcript_kept = (
+            node is not None and self.limits.keep_transcripts and node.transcript() is not None
+        )
+        if transcript_kept:
+            return Decision(Route.FORK if busy_for_owner else Route.REHYDRATE, node=node)
+        if busy_for_owner and not upstream_resolves:
+            return Decision(Route.BUSY)
+        if upstream_resolves:
+            return Decision(Route.PASS)
+        return Decision(Route.NOT_FOUND)
+
+    def chain(self, response_id: str, owner: str, upstream: str) -> ChainNode | None:
+        """The transcript node of a response, if this owner may see it."""
+        node = self._chains.get(response_id)
+        if node is None or (node.owner, node.upstream) != (owner, upstream):
+            return None
+        return node
+
+    def _usable(self, session: Session) -> bool:
+        now = self.clock()
+        return (
+            not session.socket.closed
+            and now - session.opened_at < self.limits.max_socket_age
+            and now - session.last_used < self.limits.session_ttl
+        )
+
+    # -- sockets -----------------------------------------------------------------------------
+
+    async def open(
+        self, owner: str, upstream: str, connect: Callable[[], Awaitable[ClosableSocket]]
+    ) -> Session:
+        """Reserve capacity (closing the LRU idle socket if full), then connect."""
+        if len(self._sessions) + self._connecting >= self.limits.max_sessions:
+            idle = min(self._idle.values(), key=lambda s: s.last_used, default=None)
+            if idle is None:
+                raise CapacityExceeded(
+                    f"All {self.limits.max_sessions} upstream sockets are busy "
+                    "(responses_bridge_max_sessions); retry shortly.",
+                    headers={"retry-after": "1"},
+                )
+            self._forget(idle)
+            self._schedule_close(idle)
+        self._connecting += 1
+        try:
+            socket = await connect()
+        finally:
+            self._connecting -= 1
+        now = self.clock()
+        session = Session(socket, owner, upstream, opened_at=now, last_used=now)
+        session.opened_at = now
+        self._sessions.add(session)
+        return session
+
+    @asynccontextmanager
+    async def lease(self, session: Session) -> AsyncIterator[Lease]:
+        """Hold ``session`` for one turn: on exit it is retained if the turn said so, else
+        closed. Every path (success, error, cancellation) releases exactly once."""
+        lease = Lease(session)
+        try:
+            yield lease
+        finally:
+            self._in_flight_from.pop(session.continuing or "", None)
+            session.continuing = None
+            if lease.retain_as is not None and not session.socket.closed:
+                self._retain(session, lease.retain_as)
+            else:
+                self._forget(session)
+                await session.socket.close()
+
+    def _retain(self, session: Session, response_id: str) -> None:
+        session.busy = False
+        session.turns += 1
+        session.response_id = response_id
+        session.last_used = self.clock()
+        self._idle[response_id] = session
+
+    def _forget(self, session: Session) -> None:
+        self._sessions.discard(session)
+        if session.response_id is not None and self._idle.get(session.response_id) is session:
+            del self._idle[session.response_id]
+
+    def _schedule_close(self, session: Session) -> None:
+        self._forget(session)
+        task = asyncio.get_running_loop().create_task(
+            session.socket.close(), name="responses-bridge close idle socket"
+        )
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # -- transcripts -------------------------------------------------------------------------
+
+    def record(
+        self,
+        response_id: str,
+        owner: str,
+        upstream: str,
+        parent: ChainNode | None,
+        items: list[dict[str, Any]],
+        *,
+        continues: bool = False,
+    ) -> ChainNode | None:
+        """Remember what a completed response added to its chain (if transcripts are kept).
+
+        ``continues`` with no ``parent``: the response continues a chain whose start the bridge
+        does not know, so its transcript is marked as not kept (never replayed incomplete).
+        """
+        if not self.limits.keep_transcripts:
+            return None
+        size = items_size(items) + (parent.total_bytes if parent is not None else 0)
+        kept = (
+            parent.segment is not None if parent is not None else not continues
+        ) and size <= self.limits.transcript_max_bytes
+        node = ChainNode(
+            response_id,
+            owner,
+            upstream,
+            parent if kept else None,
+            items if kept else None,
+            size,
+        )
+        self._chains[response_id] = node
+        self._chains.move_to_end(response_id)
+        while len(self._chains) > self.limits.chain_capacity:
+            self._chains.popitem(last=False)
+        return node
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Close idle sockets past their TTL or age; returns how many."""
+        expired = [s for s in self._idle.values() if not self._usable(s)]
+        for session in expired:
+            self._schedule_close(session)
+        return len(expired)
+
+    async def close_all(self) -> None:
+        """Close every socket (shutdown)."""
+        sessions = list(self._sessions)
+        self._sessions.clear()
+        self._idle.clear()
+        await asyncio.gather(*(s.socket.close() for s in sessions), *self._closing)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """One row per open socket, for the sessions command and tests."""
+        now = self.clock()
+        rows = []
+        for session in sorted(self._sessions, key=lambda s: s.opened_at):
+            node = self._chains.get(session.response_id or "")
+            rows.append(
+                {
+                    "response_id": session.response_id,
+                    "owner": session.owner[:12],
+                    "upstream": session.upstream,
+                    "age": round(now - session.opened_at, 3),
+                    "idle": round(now - session.last_used, 3),
+                    "turns": session.turns,
+                    "busy": session.busy,
+                    "transcript_bytes": node.total_bytes if node is not None else 0,
+                }
+            )
+        return rows
+
+    @property
+    def open_sockets(self) -> int:
+        return len(self._sessions)
+
+
+@dataclass
+class Lease:
+    """A turn's hold on a session; set ``retain_as`` to keep the socket after the turn."""
+
+    session: Session
+    retain_as: str | None = None
