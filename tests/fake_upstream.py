@@ -55,7 +55,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -434,6 +434,14 @@ class FakeUpstream:
         self._conns: set[_Connection] = set()
         self._server: Server | None = None
         self._stopping: asyncio.Event | None = None
+        self.runner: FakeUpstreamThread | None = None  # set when run by a FakeUpstreamThread
+        # (status, code) errors answered, in order, to the next response.create frames
+        self.next_errors: list[tuple[int, str]] = []
+
+    def run(self, coro_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """From another thread: run a coroutine of this fake on its own loop (thread mode)."""
+        assert self.runner is not None, "only for a fake started by FakeUpstreamThread"
+        return self.runner.call(coro_fn, *args)
 
     # -- lifecycle
 
@@ -696,6 +704,10 @@ class _Turn:
 
     async def validate(self) -> bool:
         """Resolve the chain and the input; send the error frame and return False if bad."""
+        if self.fake.next_errors:
+            status, code = self.fake.next_errors.pop(0)
+            await self.fail(error_frame(code, f"Injected error {code}.", status=status))
+            return False
         chain: list[Json] = []
         prev = self.previous_id
         if prev is not None:
@@ -1107,6 +1119,7 @@ class FakeUpstreamThread:
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._run, name="fake-upstream", daemon=True)
             self._thread.start()
+            self.fake.runner = self
             self.call(self.fake.start)
         return self.fake
 

@@ -172,7 +172,10 @@ def test_saved_flows_show_the_original_url(
         assert not [k for k in flow.request.headers if k.lower().startswith("x-responses-bridge")]
     assert flows[0].response.content == streamed.content
     assert flows[1].response.content and json.loads(flows[1].response.content) == whole.json()
-    assert b"x-responses-bridge" not in saved.read_bytes()
+    saved_bytes = saved.read_bytes()
+    assert b"x-responses-bridge-secret" not in saved_bytes
+    assert b"x-responses-bridge-flow" not in saved_bytes
+    assert flows[0].response.headers["x-responses-bridge"] == "new"
     assert "sk-secret-credential" not in bridge.output
 
 

@@ -78,7 +78,10 @@ class ResponseWriter:
     ) -> None:
         """Send a complete JSON response."""
         assert not self.started, "response already started"
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:  # a lone surrogate from the upstream: escape it
+            body = json.dumps(payload, separators=(",", ":")).encode()
         all_headers = [("content-type", "application/json"), ("content-length", str(len(body)))]
         all_headers += headers or []
         self.started, self.finished, self.status = True, True, status
@@ -128,7 +131,7 @@ class LoopbackServer:
         self._max_body_bytes = max_body_bytes
         self._listener: socket.socket | None = None
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.port = 0
 
     def bind(self) -> int:
@@ -150,29 +153,38 @@ class LoopbackServer:
         )
 
     async def close(self) -> None:
-        """Stop listening and cancel every connection handler."""
+        """Stop listening and drop every connection; handlers still running after a second
+        are cancelled."""
         if self._server is not None:
             self._server.close()
         elif self._listener is not None:
             self._listener.close()
-        for task in list(self._connections):
-            task.cancel()
+        for writer in self._connections.values():
+            writer.transport.abort()
         if self._connections:
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            _done, pending = await asyncio.wait(list(self._connections), timeout=1.0)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        self._connections[task] = writer
         try:
             while await self._serve_one(reader, writer):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # This task is the connection's top level (asyncio's start_server made it, and on
+            # Python 3.11 reports a cancelled one as an error): a cancellation ends it quietly.
+            pass
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             writer.close()
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -202,8 +214,8 @@ class LoopbackServer:
                 )
             else:
                 return False
-        if not response.finished:
-            return False
+        if not response.finished or writer.transport.is_closing():
+            return False  # unfinished, or abort()ed: never serve a request buffered behind it
         return (request.header("connection") or "").lower() != "close"
 
     async def _read_request(self, reader: asyncio.StreamReader) -> IncomingRequest | None:

@@ -25,12 +25,15 @@ def encode_event(event: dict[str, Any], raw: str | None = None) -> bytes:
     """One SSE frame. ``raw`` is the event's JSON text as received; it is reused unchanged when it
     is a single line, which saves serializing every relayed delta again."""
     data = raw if raw is not None and "\n" not in raw and "\r" not in raw else dumps(event)
+    kind = str(event["type"])
+    if "\n" in kind or "\r" in kind:  # never let an upstream inject SSE fields
+        kind = kind.replace("\r", " ").replace("\n", " ")
     try:
-        return f"event: {event['type']}\ndata: {data}\n\n".encode()
+        return f"event: {kind}\ndata: {data}\n\n".encode()
     except UnicodeEncodeError:
         # A lone surrogate (json.loads accepts "\ud83d"): send it escaped, as JSON allows.
         data = json.dumps(event, separators=(",", ":"))
-        return f"event: {event['type']}\ndata: {data}\n\n".encode(errors="replace")
+        return f"event: {kind}\ndata: {data}\n\n".encode(errors="replace")
 
 
 def error_event(error: BridgeError, sequence_number: int | None = None) -> dict[str, Any]:
