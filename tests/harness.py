@@ -19,13 +19,16 @@ MITMDUMP = Path(sys.executable).with_name("mitmdump")
 class Mitmdump:
     """A running ``mitmdump -s addon/bridge.py`` subprocess on 127.0.0.1 with an ephemeral port."""
 
-    def __init__(self, args: list[str], confdir: Path, *, addon: bool = True) -> None:
+    def __init__(
+        self, args: list[str], confdir: Path, *, addon: bool = True, script: Path = ADDON
+    ) -> None:
         self.confdir = confdir
         self.lines: list[str] = []
         self._ready = threading.Event()
         self._started = False
         self.port = 0
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # addon/ on the path too, so a copy of bridge.py elsewhere imports the same package.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ADDON.parent)}
         for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
             env.pop(var, None)
         command = [
@@ -36,7 +39,7 @@ class Mitmdump:
             "0",
             "--set",
             f"confdir={confdir}",
-            *(["-s", str(ADDON)] if addon else []),
+            *(["-s", str(script)] if addon else []),
             *args,
         ]
         self._needs_bridge_line = addon

@@ -206,8 +206,8 @@ class Registry:
     async def open(
         self, owner: str, upstream: str, connect: Callable[[], Awaitable[ClosableSocket]]
     ) -> Session:
-        """Reserve capacity (closing the LRU idle socket if full), then connect."""
-        if len(self._sessions) + self._connecting >= self.limits.max_sessions:
+        """Reserve capacity (closing least recently used idle sockets if full), then connect."""
+        while len(self._sessions) + self._connecting >= self.limits.max_sessions:
             idle = min(self._idle.values(), key=lambda s: s.last_used, default=None)
             if idle is None:
                 raise CapacityExceeded(
@@ -215,7 +215,6 @@ class Registry:
                     "(responses_bridge_max_sessions); retry shortly.",
                     headers={"retry-after": "1"},
                 )
-            self._forget(idle)
             self._schedule_close(idle)
         self._connecting += 1
         try:
@@ -245,6 +244,9 @@ class Registry:
                 await session.socket.close()
 
     def _retain(self, session: Session, response_id: str) -> None:
+        previous = self._idle.get(response_id)
+        if previous is not None and previous is not session:
+            self._schedule_close(previous)  # ids are unique upstream; never keep two
         session.busy = False
         session.turns += 1
         session.response_id = response_id

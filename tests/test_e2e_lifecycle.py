@@ -1,0 +1,77 @@
+"""End to end: what happens to upstream sockets when clients leave, the script reloads, or the
+proxy stops."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from tests.conftest import StartBridge
+from tests.fake_upstream import FakeUpstream
+from tests.harness import ADDON, Mitmdump
+
+
+def wait_until(predicate: object, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def abort_mid_stream(bridge: Mitmdump) -> None:
+    with httpx.stream(
+        "POST", f"{bridge.base_url}/responses", timeout=30,
+        json={"model": "m", "input": "x fake:slow=200 fake:deltas=20", "stream": True},
+    ) as streamed:
+        for line in streamed.iter_lines():
+            if line.startswith("data: "):
+                break
+
+
+def test_stateless_client_abort_stops_the_upstream_work(
+    fake: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    bridge = start_bridge(fake, "responses_bridge_stateful=false")
+    abort_mid_stream(bridge)
+    wait_until(lambda: fake.open_sockets == 0, timeout=3)
+    assert fake.sockets[0].closed
+    bridge.wait_for_log(r"client side: Client disconnected")
+
+
+def test_drain_is_bounded(fake: FakeUpstream, start_bridge: StartBridge) -> None:
+    bridge = start_bridge(fake, "responses_bridge_drain_timeout=0.5")
+    abort_mid_stream(bridge)  # the answer would take 4 s more
+    wait_until(lambda: fake.open_sockets == 0, timeout=3)
+
+
+def test_hot_reload_leaks_no_sockets(
+    fake: FakeUpstream, start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    script = tmp_path / "bridge.py"
+    shutil.copy(ADDON, script)
+    bridge = Mitmdump(["--mode", f"reverse:http://127.0.0.1:{fake.port}"], tmp_path, script=script)
+    try:
+        client = openai.OpenAI(base_url=bridge.base_url, api_key="k", max_retries=0)
+        first = client.responses.create(model="m", input="one", store=False)
+        assert fake.open_sockets == 1
+        loaded = len([line for line in bridge.lines if "answering bridged requests" in line])
+        future = time.time() + 5
+        os.utime(script, (future, future))
+        wait_until(
+            lambda: len([ln for ln in bridge.lines if "answering bridged requests" in ln]) > loaded
+        )
+        wait_until(lambda: fake.open_sockets == 0)
+        # The new instance serves; the old chain's socket is gone with the old instance.
+        again = client.responses.create(model="m", input="two", store=False)
+        assert again.status == "completed"
+        assert first.id not in bridge.output
+        assert "Traceback" not in bridge.output, bridge.output
+    finally:
+        bridge.stop()
+    wait_until(lambda: fake.open_sockets == 0)
