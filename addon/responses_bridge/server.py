@@ -28,6 +28,7 @@ _REASONS = {
     404: "Not Found",
     409: "Conflict",
     413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
     426: "Upgrade Required",
     429: "Too Many Requests",
     500: "Internal Server Error",
