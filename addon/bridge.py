@@ -9,6 +9,7 @@ in ``responseheaders``, so mitmweb shows and saves it as the client sent it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import ssl
@@ -16,11 +17,11 @@ from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
 import certifi
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import command, connection, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import UpstreamMode
 
-from responses_bridge import relay, sessions, translate
+from responses_bridge import relay, report, sessions, translate
 from responses_bridge.server import SECRET_HEADER, IncomingRequest, LoopbackServer, ResponseWriter
 
 logger = logging.getLogger("responses_bridge")
@@ -39,15 +40,17 @@ class _Original(NamedTuple):
     host_header: str | None
 
 
-def _positive_seconds(name: str, value: str) -> float:
+def _seconds(name: str, value: str, *, allow_zero: bool = False) -> float:
     try:
         seconds = float(value)
     except ValueError:
         raise exceptions.OptionsError(
             f"{name} must be a number of seconds, not {value!r}"
         ) from None
-    if not seconds > 0 or seconds == float("inf"):
-        raise exceptions.OptionsError(f"{name} must be a positive number of seconds, not {value!r}")
+    valid = seconds >= 0 if allow_zero else seconds > 0
+    if not valid or seconds == float("inf"):
+        kind = "a non-negative" if allow_zero else "a positive"
+        raise exceptions.OptionsError(f"{name} must be {kind} number of seconds, not {value!r}")
     return seconds
 
 
@@ -63,6 +66,7 @@ class ResponsesBridge:
         self._exchanges: dict[str, relay.Exchange] = {}
         self._originals: dict[str, _Original] = {}
         self._registry = sessions.Registry()
+        self._stats = report.Stats()
         self._sweeper: asyncio.Task[None] | None = None
         self._host_patterns: tuple[str, ...] = ()
         self._settings = relay.Settings()
@@ -161,6 +165,13 @@ class ResponsesBridge:
             "Largest request body accepted; larger ones get 413.",
         )
         loader.add_option(
+            "responses_bridge_keepalive",
+            str,
+            "15",
+            "Seconds of upstream silence after which a streaming client gets an SSE comment "
+            "line (keeps clients and other proxies from timing out); 0 turns it off.",
+        )
+        loader.add_option(
             "responses_bridge_forward_vendor_events",
             bool,
             False,
@@ -187,28 +198,31 @@ class ResponsesBridge:
                 raise exceptions.OptionsError(f"{name} must be positive")
         self._host_patterns = translate.parse_host_patterns(opts.responses_bridge_hosts)
         self._settings = relay.Settings(
-            connect_timeout=_positive_seconds(
+            connect_timeout=_seconds(
                 "responses_bridge_connect_timeout", opts.responses_bridge_connect_timeout
             ),
-            idle_timeout=_positive_seconds(
+            idle_timeout=_seconds(
                 "responses_bridge_idle_timeout", opts.responses_bridge_idle_timeout
             ),
             chatgpt_compat=opts.responses_bridge_chatgpt_compat,
             forward_vendor_events=opts.responses_bridge_forward_vendor_events,
+            keepalive=_seconds(
+                "responses_bridge_keepalive", opts.responses_bridge_keepalive, allow_zero=True
+            ),
             max_body_bytes=opts.responses_bridge_max_body_bytes,
             stateful=opts.responses_bridge_stateful,
             rehydrate=opts.responses_bridge_rehydrate,
-            drain_timeout=_positive_seconds(
+            drain_timeout=_seconds(
                 "responses_bridge_drain_timeout", opts.responses_bridge_drain_timeout
             ),
             ssl_context=self._upstream_ssl_context(),
         )
         limits = self._registry.limits
         limits.max_sessions = opts.responses_bridge_max_sessions
-        limits.session_ttl = _positive_seconds(
+        limits.session_ttl = _seconds(
             "responses_bridge_session_ttl", opts.responses_bridge_session_ttl
         )
-        limits.max_socket_age = _positive_seconds(
+        limits.max_socket_age = _seconds(
             "responses_bridge_max_socket_age", opts.responses_bridge_max_socket_age
         )
         limits.transcript_max_bytes = opts.responses_bridge_transcript_max_bytes
@@ -233,6 +247,8 @@ class ResponsesBridge:
             )
 
     def done(self) -> Awaitable[Any]:
+        if self._stats.requests:
+            logger.info("responses-bridge: counters %s", json.dumps(self._stats.as_dict()))
         tasks = [e.task for e in self._exchanges.values() if e.task is not None]
         for task in [*tasks, self._sweeper]:
             if task is not None:
@@ -295,7 +311,7 @@ class ResponsesBridge:
         assert flow.response is not None
         if flow.response.raw_content is None and exchange.stream:
             flow.response.content = bytes(exchange.sse_body)
-        self._log(flow, exchange)
+        self._finish(flow, exchange)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._restore(flow)
@@ -305,7 +321,27 @@ class ResponsesBridge:
             exchange.error = (
                 exchange.error or f"client side: {flow.error.msg if flow.error else 'error'}"
             )
-            self._log(flow, exchange)
+            exchange.error_code = exchange.error_code or "client_disconnected"
+            self._finish(flow, exchange)
+
+    # -- commands ----------------------------------------------------------------------------
+
+    @command.command("responses_bridge.sessions")
+    def sessions(self) -> str:
+        """List retained upstream sessions (JSON lines: response id, owner fingerprint,
+        upstream, age, idle time, turns, transcript size)."""
+        return "\n".join(json.dumps(row) for row in self._registry.snapshot())
+
+    @command.command("responses_bridge.close")
+    def close(self, response_id: str) -> str:
+        """Close the retained session of one response id, or every idle session with ``all``."""
+        closed = self._registry.close_idle(None if response_id == "all" else response_id)
+        return f"closed {closed} session(s)"
+
+    @command.command("responses_bridge.stats")
+    def stats(self) -> str:
+        """Counters: requests, streamed, reused, rehydrated, forked, errors by kind, bytes."""
+        return json.dumps({**self._stats.as_dict(), "open_sockets": self._registry.open_sockets})
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -368,6 +404,22 @@ class ResponsesBridge:
                 f"responses-bridge cannot load trusted certificates: {exc}"
             ) from exc
         return context
+
+    def _finish(self, flow: http.HTTPFlow, exchange: relay.Exchange) -> None:
+        """Attach the websocket conversation to the flow, count it, log one line."""
+        flow.metadata["responses_bridge"] = exchange.inspection()
+        comment = report.flow_comment(
+            exchange.socket_state, exchange.events, exchange.first_event_ms(), exchange.duration()
+        )
+        flow.comment = f"{flow.comment}\n{comment}" if flow.comment else comment
+        self._stats.count(
+            stream=exchange.stream,
+            socket_state=exchange.socket_state,
+            error_code=exchange.error_code,
+        )
+        self._stats.retried += exchange.retried
+        self._stats.bytes_relayed += exchange.bytes_relayed()
+        self._log(flow, exchange)
 
     def _log(self, flow: http.HTTPFlow, exchange: relay.Exchange) -> None:
         status = exchange.status if exchange.status is not None else "-"

@@ -32,7 +32,9 @@ from responses_bridge.errors import (
     UpstreamClosed,
     UpstreamProtocolError,
     UpstreamResponseError,
+    UpstreamTimeout,
 )
+from responses_bridge.report import rate_limit_headers
 from responses_bridge.server import IncomingRequest, ResponseWriter
 from responses_bridge.sessions import ChainNode, Registry, Route, Session
 from responses_bridge.translate import (
@@ -41,6 +43,7 @@ from responses_bridge.translate import (
     forwardable_headers,
     input_items,
     parse_client_request,
+    redact_headers,
     rehydrated_frame,
 )
 from responses_bridge.upstream import UpstreamSocket, open_socket
@@ -65,6 +68,7 @@ class Settings:
     drain_timeout: float = 30.0
     chatgpt_compat: str = "auto"
     forward_vendor_events: bool = False
+    keepalive: float = 15.0  # seconds of upstream silence before an SSE comment; 0 = off
     max_body_bytes: int = 32 * 1024 * 1024
     stateful: bool = True
     rehydrate: bool = True
@@ -90,9 +94,49 @@ class Exchange:
     finished: float | None = None
     sink: ClientSink | None = None
     task: asyncio.Task[Any] | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # what went over the websocket
+    first_event_at: float | None = None
+    rate_limits: dict[str, Any] | None = None
+    error_code: str | None = None
+    retried: bool = False
+    last_event_at: float = field(default_factory=time.monotonic)
 
     def duration(self) -> float:
         return (self.finished or time.monotonic()) - self.started
+
+    def first_event_ms(self) -> float | None:
+        if self.first_event_at is None:
+            return None
+        return (self.first_event_at - self.started) * 1000
+
+    def received(self, event: dict[str, Any]) -> None:
+        """Note one upstream event (for inspection and the counters)."""
+        now = time.monotonic()
+        if self.first_event_at is None:
+            self.first_event_at = now
+        self.last_event_at = now
+        self.events += 1
+        if self.attempts:
+            self.attempts[-1]["events"].append(
+                {"t_ms": round((now - self.started) * 1000, 1), "event": event}
+            )
+        if event.get("type") == "codex.rate_limits":
+            self.rate_limits = event
+
+    def bytes_relayed(self) -> int:
+        return self.sink.writer.bytes_sent if self.sink is not None else 0
+
+    def inspection(self) -> dict[str, Any]:
+        """The websocket side of this request, for ``flow.metadata`` (no credentials in it)."""
+        return {
+            "upstream": self.upstream_url,
+            "socket": self.socket_state,
+            "socket_age_s": round(self.socket_age, 3),
+            "status": self.status,
+            "error": self.error,
+            "rate_limits": self.rate_limits,
+            "attempts": self.attempts,
+        }
 
     def client_gone(self) -> None:
         """The client disconnected: drain the upstream (stateful) or stop at once."""
@@ -123,11 +167,11 @@ class ClientSink:
         self._deadline = time.monotonic() + self.exchange.settings.drain_timeout
         self.writer.abort()
 
-    def receive_timeout(self) -> float:
-        idle = self.exchange.settings.idle_timeout
+    def drain_remaining(self) -> float:
+        """Seconds left to drain after the client left (infinite while it is here)."""
         if self._deadline is None:
-            return idle
-        return max(0.0, min(idle, self._deadline - time.monotonic()))
+            return float("inf")
+        return self._deadline - time.monotonic()
 
     async def _guard(self, coroutine: Any) -> None:
         if self.gone:
@@ -187,6 +231,12 @@ async def answer(
             ssl_context=settings.ssl_context,
             proxy=settings.proxy,
         )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "responses-bridge: upstream %s, upgrade headers %s",
+                exchange.upstream_url,
+                redact_headers(forwardable_headers(request.headers)),
+            )
         plan = _first_plan(
             registry,
             exchange,
@@ -196,43 +246,50 @@ async def answer(
             client.previous_response_id,
             upstream_resolves=not compat and client.store is not False,
         )
-        for attempt in (1, 2):
+        for attempt_number in (1, 2):
             session = plan.session or await registry.open(owner, exchange.upstream_url, connect)
             exchange.socket_state = plan.label
             exchange.socket_age = registry.clock() - session.opened_at
             exchange.events = 0
-            async with registry.lease(session) as lease:
-                socket = session.socket
-                assert isinstance(socket, UpstreamSocket)
-                try:
-                    await socket.send_event(plan.frame)
-                    relay = relay_stream if client.stream else relay_json
-                    folder = await relay(socket, sink, exchange, plan)
-                except BridgeError as exc:
-                    retry = (
-                        None if attempt > 1 or sink.started else _retry_plan(exc, plan, exchange)
-                    )
-                    if retry is None:
-                        raise
-                    logger.info("responses-bridge: %s; resending as %s", exc.message, retry.label)
-                    plan = retry
-                    continue
-                terminal = folder.terminal
-                if terminal is not None and terminal["type"] != "response.failed":
-                    response_id = terminal["response"].get("id")
-                    if isinstance(response_id, str) and settings.stateful:
-                        registry.record(
-                            response_id,
-                            owner,
-                            exchange.upstream_url,
-                            plan.parent,
-                            new_items + folder.done_items(),
-                            continues=plan.continues,
+            exchange.last_event_at = time.monotonic()
+            socket = session.socket
+            assert isinstance(socket, UpstreamSocket)
+            attempt: dict[str, Any] = {"socket": plan.label, "sent": plan.frame, "events": []}
+            exchange.attempts.append(attempt)
+            retain_as: str | None = None
+            try:
+                async with registry.lease(session) as lease:
+                    try:
+                        if logger.isEnabledFor(logging.DEBUG):
+                            logger.debug("responses-bridge: ws > %s", sse.dumps(plan.frame)[:500])
+                        await socket.send_event(plan.frame)
+                        relay = relay_stream if client.stream else relay_json
+                        folder = await relay(socket, sink, exchange, plan)
+                    except BridgeError as exc:
+                        retry = (
+                            None
+                            if attempt_number > 1 or sink.started
+                            else _retry_plan(exc, plan, exchange)
                         )
-                        lease.retain_as = response_id
+                        if retry is None:
+                            raise
+                        logger.info(
+                            "responses-bridge: %s; resending as %s", exc.message, retry.label
+                        )
+                        exchange.retried = True
+                        plan = retry
+                        continue
+                    retain_as = lease.retain_as = _remember(
+                        registry, exchange, plan, folder, owner, new_items
+                    )
+            finally:
+                attempt["socket_end"] = (
+                    {"retained_as": retain_as} if retain_as else socket.end_state()
+                )
             return
     except BridgeError as exc:
         exchange.error = f"{type(exc).__name__}: {exc.message}"
+        exchange.error_code = exc.code or type(exc).__name__
         if not sink.started:
             await sink.send_json(exc.status, exc.body(), list(exc.headers.items()))
         elif not writer.finished:
@@ -241,6 +298,32 @@ async def answer(
     finally:
         exchange.status = writer.status
         exchange.finished = time.monotonic()
+
+
+def _remember(
+    registry: Registry,
+    exchange: Exchange,
+    plan: Plan,
+    folder: ResponseFolder,
+    owner: str,
+    new_items: list[dict[str, Any]],
+) -> str | None:
+    """Record a finished turn's transcript; the response id to retain its socket as, if any."""
+    terminal = folder.terminal
+    if terminal is None or terminal["type"] == "response.failed" or not exchange.settings.stateful:
+        return None
+    response_id = terminal["response"].get("id")
+    if not isinstance(response_id, str):
+        return None
+    registry.record(
+        response_id,
+        owner,
+        exchange.upstream_url,
+        plan.parent,
+        new_items + folder.done_items(),
+        continues=plan.continues,
+    )
+    return response_id
 
 
 def _first_plan(
@@ -313,10 +396,47 @@ def _retry_plan(exc: BridgeError, plan: Plan, exchange: Exchange) -> Plan | None
 
 
 def _bridge_headers(exchange: Exchange) -> list[tuple[str, str]]:
-    return [
+    headers = [
         ("x-responses-bridge", exchange.socket_state),
         ("x-responses-bridge-socket-age", f"{exchange.socket_age:.1f}"),
     ]
+    if exchange.rate_limits is not None:
+        headers += rate_limit_headers(exchange.rate_limits)
+    return headers
+
+
+async def _next_event(
+    socket: UpstreamSocket, sink: ClientSink, exchange: Exchange
+) -> tuple[dict[str, Any], str]:
+    """The next upstream event, within the idle timeout (or what is left of the drain time),
+    sending an SSE keep-alive comment to a streaming client while the upstream is silent."""
+    settings = exchange.settings
+    while True:
+        idle_left = settings.idle_timeout - (time.monotonic() - exchange.last_event_at)
+        budget = min(idle_left, sink.drain_remaining())
+        ticking = sink.started and not sink.gone and settings.keepalive > 0
+        wait = min(budget, settings.keepalive) if ticking else budget
+        try:
+            if wait <= 0:
+                raise UpstreamTimeout("no time left")
+            event, raw = await socket.receive(wait)
+        except UpstreamTimeout as exc:
+            if wait < budget:
+                await sink.write(sse.KEEPALIVE)
+                continue
+            if sink.gone:
+                raise UpstreamTimeout(
+                    "The client left and the upstream did not finish within "
+                    f"{settings.drain_timeout:g} s (responses_bridge_drain_timeout)."
+                ) from exc
+            raise UpstreamTimeout(
+                f"The upstream sent nothing for {settings.idle_timeout:g} s "
+                "(responses_bridge_idle_timeout)."
+            ) from exc
+        exchange.received(event)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("responses-bridge: ws < %s", raw[:500])
+        return event, raw
 
 
 def _show_previous(event: dict[str, Any], plan: Plan) -> tuple[dict[str, Any], bool]:
@@ -341,8 +461,7 @@ async def relay_stream(
         await sink.write(sse.encode_event(fixed, None if changed or shown else raw))
 
     while True:
-        event, raw = await socket.receive(sink.receive_timeout())
-        exchange.events += 1
+        event, raw = await _next_event(socket, sink, exchange)
         kind = classify(event)
         if kind is EventKind.VENDOR:
             if sink.started and settings.forward_vendor_events:
@@ -357,6 +476,7 @@ async def relay_stream(
             await sink.write(sse.encode_event(error_event))
             await sink.end_stream()
             exchange.error = f"upstream error: {failure.message}"
+            exchange.error_code = failure.code or "upstream_error"
             return folder
         if not sink.started:
             if kind is EventKind.OTHER:
@@ -390,8 +510,7 @@ async def relay_json(
     """Fold upstream events into the final Response object and send it as JSON."""
     folder = ResponseFolder()
     while True:
-        event, _raw = await socket.receive(sink.receive_timeout())
-        exchange.events += 1
+        event, _raw = await _next_event(socket, sink, exchange)
         kind = classify(event)
         if kind is EventKind.ERROR:
             raise UpstreamResponseError(error_object(event), status=error_status(event))

@@ -312,6 +312,17 @@ class Registry:
             self._schedule_close(session)
         return len(expired)
 
+    def close_idle(self, response_id: str | None = None) -> int:
+        """Close the idle session retained as ``response_id``, or every idle one (None)."""
+        chosen = [
+            session
+            for rid, session in self._idle.items()
+            if response_id is None or rid == response_id
+        ]
+        for session in chosen:
+            self._schedule_close(session)
+        return len(chosen)
+
     async def close_all(self) -> None:
         """Close every socket (shutdown)."""
         sessions = list(self._sessions)

@@ -95,6 +95,14 @@ class UpstreamSocket:
             "CLOSED",
         )
 
+    def end_state(self) -> dict[str, Any]:
+        """How the socket ended (for inspection): close code and reason, when known."""
+        return {
+            "closed": self.closed,
+            "code": self._connection.close_code,
+            "reason": self._connection.close_reason or "",
+        }
+
     async def send_event(self, event: dict[str, Any]) -> None:
         """Send one client event as a JSON text frame."""
         try:
