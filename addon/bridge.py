@@ -21,7 +21,7 @@ from mitmproxy import command, connection, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import UpstreamMode
 
-from responses_bridge import relay, report, sessions, translate
+from responses_bridge import relay, report, sessions, translate, view
 from responses_bridge.server import SECRET_HEADER, IncomingRequest, LoopbackServer, ResponseWriter
 
 logger = logging.getLogger("responses_bridge")
@@ -67,6 +67,7 @@ class ResponsesBridge:
         self._originals: dict[str, _Original] = {}
         self._registry = sessions.Registry()
         self._stats = report.Stats()
+        self._view = view.make_view()
         self._sweeper: asyncio.Task[None] | None = None
         self._host_patterns: tuple[str, ...] = ()
         self._settings = relay.Settings()
@@ -74,6 +75,7 @@ class ResponsesBridge:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def load(self, loader: Loader) -> None:
+        view.register(self._view)
         loader.add_option(
             "responses_bridge",
             bool,
@@ -247,6 +249,7 @@ class ResponsesBridge:
             )
 
     def done(self) -> Awaitable[Any]:
+        view.unregister(self._view)
         if self._stats.requests:
             logger.info("responses-bridge: counters %s", json.dumps(self._stats.as_dict()))
         tasks = [e.task for e in self._exchanges.values() if e.task is not None]
