@@ -118,6 +118,14 @@ class ResponsesBridge:
             "socket with its full context.",
         )
         loader.add_option(
+            "responses_bridge_auto_chain",
+            bool,
+            True,
+            "Chain full-history requests on the client's behalf: when a request resends a retained "
+            "chain's conversation plus new items, send only the new items with "
+            "previous_response_id on that chain's socket.",
+        )
+        loader.add_option(
             "responses_bridge_max_sessions",
             int,
             64,
@@ -214,6 +222,7 @@ class ResponsesBridge:
             max_body_bytes=opts.responses_bridge_max_body_bytes,
             stateful=opts.responses_bridge_stateful,
             rehydrate=opts.responses_bridge_rehydrate,
+            auto_chain=opts.responses_bridge_auto_chain,
             drain_timeout=_seconds(
                 "responses_bridge_drain_timeout", opts.responses_bridge_drain_timeout
             ),

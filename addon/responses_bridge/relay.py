@@ -13,7 +13,7 @@ import asyncio
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -25,6 +25,7 @@ from responses_bridge.aggregate import (
     error_object,
     error_status,
 )
+from responses_bridge.chaining import candidate_keys, chain_key, fields_fingerprint, item_digests
 from responses_bridge.errors import (
     BridgeError,
     ChainBusy,
@@ -38,6 +39,7 @@ from responses_bridge.report import rate_limit_headers
 from responses_bridge.server import IncomingRequest, ResponseWriter
 from responses_bridge.sessions import ChainNode, Registry, Route, Session
 from responses_bridge.translate import (
+    ClientRequest,
     build_create_frame,
     chatgpt_compat_enabled,
     forwardable_headers,
@@ -72,6 +74,7 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     stateful: bool = True
     rehydrate: bool = True
+    auto_chain: bool = True
     ssl_context: ssl.SSLContext | None = None
     proxy: str | None = None
 
@@ -197,15 +200,31 @@ class ClientSink:
 
 
 @dataclass
+class Turn:
+    """What one request asks for, worked out once."""
+
+    frame: dict[str, Any]  # the response.create frame for the request as the client sent it
+    new_items: list[dict[str, Any]]  # its input as items
+    owner: str
+    previous_id: str | None
+    upstream_resolves: bool  # store: true on a non-ChatGPT upstream: unknown ids may resolve
+    fingerprint: str | None = None  # automatic chaining, when the request is eligible
+    digests: list[str] | None = None
+
+
+@dataclass
 class Plan:
     """One attempt: the frame to send, on which socket, and how it extends the chain."""
 
     frame: dict[str, Any]
     label: str
+    turn_items: list[dict[str, Any]]  # the input items the upstream sees as new in this turn
     session: Session | None = None  # a leased, retained socket; None opens a fresh one
     parent: ChainNode | None = None
     continues: bool = False  # the frame continues a chain the bridge may not know in full
-    shown_previous_id: str | None = None  # restore in events of a rehydrated answer
+    show_previous: bool = False  # put the client's previous_response_id back into events
+    shown_previous_id: str | None = None
+    fallback: Plan | None = None  # what to send instead if this attempt fails before output
 
 
 async def answer(
@@ -220,9 +239,7 @@ async def answer(
         if client.stream:
             writer.on_chunk = exchange.sse_body.extend  # kept for the flow once it finishes
         compat = chatgpt_compat_enabled(settings.chatgpt_compat, exchange.upstream_url)
-        frame = build_create_frame(client.body, chatgpt_compat=compat)
-        owner = registry.owner_of(request.headers)
-        new_items = input_items(client.body.get("input"))
+        turn = _turn(client, compat, registry.owner_of(request.headers), settings)
         connect = partial(
             open_socket,
             exchange.upstream_url,
@@ -237,17 +254,11 @@ async def answer(
                 exchange.upstream_url,
                 redact_headers(forwardable_headers(request.headers)),
             )
-        plan = _first_plan(
-            registry,
-            exchange,
-            frame,
-            new_items,
-            owner,
-            client.previous_response_id,
-            upstream_resolves=not compat and client.store is not False,
-        )
+        plan = _first_plan(registry, exchange, turn)
         for attempt_number in (1, 2):
-            session = plan.session or await registry.open(owner, exchange.upstream_url, connect)
+            session = plan.session or await registry.open(
+                turn.owner, exchange.upstream_url, connect
+            )
             exchange.socket_state = plan.label
             exchange.socket_age = registry.clock() - session.opened_at
             exchange.events = 0
@@ -279,9 +290,11 @@ async def answer(
                         exchange.retried = True
                         plan = retry
                         continue
-                    retain_as = lease.retain_as = _remember(
-                        registry, exchange, plan, folder, owner, new_items
-                    )
+                    retain_as = lease.retain_as = _remember(registry, exchange, turn, plan, folder)
+                    if retain_as is not None and turn.digests is not None:
+                        assert turn.fingerprint is not None
+                        outputs = item_digests(folder.done_items())
+                        lease.chain_key = chain_key(turn.fingerprint, turn.digests + outputs)
             finally:
                 attempt["socket_end"] = (
                     {"retained_as": retain_as} if retain_as else socket.end_state()
@@ -300,13 +313,26 @@ async def answer(
         exchange.finished = time.monotonic()
 
 
+def _turn(client: ClientRequest, compat: bool, owner: str, settings: Settings) -> Turn:
+    raw_input = client.body.get("input")
+    turn = Turn(
+        frame=build_create_frame(client.body, chatgpt_compat=compat),
+        new_items=input_items(raw_input),
+        owner=owner,
+        previous_id=client.previous_response_id,
+        upstream_resolves=not compat and client.store is not False,
+    )
+    eligible_input = isinstance(raw_input, str) or (
+        isinstance(raw_input, list) and all(isinstance(item, dict) for item in raw_input)
+    )
+    if settings.auto_chain and settings.stateful and turn.previous_id is None and eligible_input:
+        turn.fingerprint = fields_fingerprint(turn.frame)
+        turn.digests = item_digests(turn.new_items)
+    return turn
+
+
 def _remember(
-    registry: Registry,
-    exchange: Exchange,
-    plan: Plan,
-    folder: ResponseFolder,
-    owner: str,
-    new_items: list[dict[str, Any]],
+    registry: Registry, exchange: Exchange, turn: Turn, plan: Plan, folder: ResponseFolder
 ) -> str | None:
     """Record a finished turn's transcript; the response id to retain its socket as, if any."""
     terminal = folder.terminal
@@ -317,50 +343,84 @@ def _remember(
         return None
     registry.record(
         response_id,
-        owner,
+        turn.owner,
         exchange.upstream_url,
         plan.parent,
-        new_items + folder.done_items(),
+        plan.turn_items + folder.done_items(),
         continues=plan.continues,
     )
     return response_id
 
 
-def _first_plan(
-    registry: Registry,
-    exchange: Exchange,
-    frame: dict[str, Any],
-    new_items: list[dict[str, Any]],
-    owner: str,
-    previous_id: str | None,
-    *,
-    upstream_resolves: bool,
-) -> Plan:
+def _first_plan(registry: Registry, exchange: Exchange, turn: Turn) -> Plan:
+    upstream = exchange.upstream_url
+    previous_id = turn.previous_id
+    fresh = Plan(turn.frame, "new", turn.new_items, continues=previous_id is not None)
     if previous_id is None:
-        return Plan(frame, "new")
+        if turn.digests is None or turn.fingerprint is None:
+            return fresh
+        match = registry.route_auto(
+            turn.owner, upstream, candidate_keys(turn.fingerprint, turn.digests)
+        )
+        if match is None:
+            return fresh
+        session, held = match
+        head = session.continuing
+        assert head is not None
+        delta = turn.new_items[held:]
+        return Plan(
+            {**turn.frame, "input": delta, "previous_response_id": head},
+            "chained",
+            delta,
+            session=session,
+            parent=registry.chain(head, turn.owner, upstream),
+            continues=True,
+            show_previous=True,  # the client sent none: its answer shows none
+            fallback=fresh,
+        )
     if not exchange.settings.stateful:
-        return Plan(frame, "new", continues=True)
+        return fresh
     decision = registry.route(
-        owner, exchange.upstream_url, previous_id, upstream_resolves=upstream_resolves
+        turn.owner, upstream, previous_id, upstream_resolves=turn.upstream_resolves
     )
     if decision.route is Route.REUSE:
-        parent = registry.chain(previous_id, owner, exchange.upstream_url)
-        return Plan(frame, "reused", session=decision.session, parent=parent, continues=True)
+        parent = registry.chain(previous_id, turn.owner, upstream)
+        return Plan(
+            turn.frame,
+            "reused",
+            turn.new_items,
+            session=decision.session,
+            parent=parent,
+            continues=True,
+        )
     if decision.route in (Route.REHYDRATE, Route.FORK) and exchange.settings.rehydrate:
         assert decision.node is not None
-        transcript = decision.node.transcript() or []
-        return Plan(
-            rehydrated_frame(frame, transcript, new_items),
-            decision.route.value,
-            parent=decision.node,
-            continues=True,
-            shown_previous_id=previous_id,
+        return _rehydrated(
+            turn.frame, decision.node, turn.new_items, previous_id, decision.route.value
         )
     if decision.route is Route.BUSY or decision.route is Route.FORK:
         raise ChainBusy(previous_id)
     if decision.route is Route.PASS:
-        return Plan(frame, "new", continues=True)
+        return fresh
     raise PreviousResponseNotFound(previous_id)
+
+
+def _rehydrated(
+    frame: dict[str, Any],
+    node: ChainNode,
+    new_items: list[dict[str, Any]],
+    previous_id: str,
+    label: str,
+) -> Plan:
+    return Plan(
+        rehydrated_frame(frame, node.transcript() or [], new_items),
+        label,
+        new_items,
+        parent=node,
+        continues=True,
+        show_previous=True,
+        shown_previous_id=previous_id,
+    )
 
 
 def _retry_plan(exc: BridgeError, plan: Plan, exchange: Exchange) -> Plan | None:
@@ -370,29 +430,17 @@ def _retry_plan(exc: BridgeError, plan: Plan, exchange: Exchange) -> Plan | None
     )
     if not retryable or exchange.sink is None or exchange.sink.gone:
         return None
+    if plan.fallback is not None:
+        return plan.fallback
     previous_id = plan.frame.get("previous_response_id")
     if not isinstance(previous_id, str):
-        # A full request (no previous_response_id) can be resent as it is.
-        return Plan(
-            plan.frame,
-            plan.label,
-            parent=plan.parent,
-            continues=plan.continues,
-            shown_previous_id=plan.shown_previous_id,
-        )
+        # A full request (no previous_response_id) can be resent as it is, on a fresh socket.
+        return replace(plan, session=None)
     if not exchange.settings.rehydrate or plan.parent is None:
         return None
-    transcript = plan.parent.transcript()
-    if transcript is None:
+    if plan.parent.transcript() is None:
         return None
-    new_items = input_items(plan.frame.get("input"))
-    return Plan(
-        rehydrated_frame(plan.frame, transcript, new_items),
-        "rehydrated",
-        parent=plan.parent,
-        continues=True,
-        shown_previous_id=previous_id,
-    )
+    return _rehydrated(plan.frame, plan.parent, plan.turn_items, previous_id, "rehydrated")
 
 
 def _bridge_headers(exchange: Exchange) -> list[tuple[str, str]]:
@@ -442,7 +490,7 @@ async def _next_event(
 def _show_previous(event: dict[str, Any], plan: Plan) -> tuple[dict[str, Any], bool]:
     """Put the client's ``previous_response_id`` back into a rehydrated answer's events."""
     response = event.get("response")
-    if plan.shown_previous_id is None or not isinstance(response, dict):
+    if not plan.show_previous or not isinstance(response, dict):
         return event, False
     return {**event, "response": {**response, "previous_response_id": plan.shown_previous_id}}, True
 

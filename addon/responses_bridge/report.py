@@ -75,6 +75,7 @@ class Stats:
     reused: int = 0
     rehydrated: int = 0
     forked: int = 0
+    chained: int = 0
     retried: int = 0
     bytes_relayed: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -85,7 +86,7 @@ class Stats:
             self.streamed += 1
         elif stream is False:
             self.json += 1
-        if socket_state in ("new", "reused", "rehydrated", "forked"):
+        if socket_state in ("new", "reused", "rehydrated", "forked", "chained"):
             setattr(self, socket_state, getattr(self, socket_state) + 1)
         if error_code:
             self.errors[error_code] += 1
@@ -99,6 +100,7 @@ class Stats:
             "reused": self.reused,
             "rehydrated": self.rehydrated,
             "forked": self.forked,
+            "chained": self.chained,
             "retried": self.retried,
             "bytes_relayed": self.bytes_relayed,
             "errors": dict(sorted(self.errors.items())),

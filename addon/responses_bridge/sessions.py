@@ -60,6 +60,7 @@ class Session:
     response_id: str | None = None  # the response this idle socket can continue
     continuing: str | None = None  # the previous_response_id of the turn in flight
     busy: bool = True
+    chain_key: tuple[str, int, str] | None = None  # automatic chaining index entry (idle only)
 
 
 @dataclass(eq=False)
@@ -137,6 +138,7 @@ class Registry:
     _idle: dict[str, Session] = field(default_factory=dict)  # response id -> idle session
     _in_flight_from: dict[str, Session] = field(default_factory=dict)
     _chains: OrderedDict[str, ChainNode] = field(default_factory=OrderedDict)
+    _heads: dict[tuple[str, str, tuple[str, int, str]], Session] = field(default_factory=dict)
     _connecting: int = 0
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -161,11 +163,7 @@ class Registry:
         session = self._idle.get(previous_id)
         if session is not None and (session.owner, session.upstream) == (owner, upstream):
             if self._usable(session):
-                del self._idle[previous_id]
-                session.busy = True
-                session.continuing = previous_id
-                session.last_used = self.clock()
-                self._in_flight_from[previous_id] = session
+                self._take(session, previous_id)
                 return Decision(Route.REUSE, session=session)
             self._schedule_close(session)
         node = self._chains.get(previous_id)
@@ -185,6 +183,38 @@ class Registry:
         if upstream_resolves:
             return Decision(Route.PASS)
         return Decision(Route.NOT_FOUND)
+
+    def route_auto(
+        self, owner: str, upstream: str, keys: list[tuple[str, int, str]]
+    ) -> tuple[Session, int] | None:
+        """Lease the idle session whose chain a full-history request continues, trying ``keys``
+        (longest prefix first); returns it with the length of the prefix it already holds."""
+        for key in keys:
+            session = self._heads.get((owner, upstream, key))
+            if session is None or session.response_id is None:
+                continue
+            if not self._usable(session):
+                self._schedule_close(session)
+                continue
+            self._take(session, session.response_id)
+            return session, key[1]
+        return None
+
+    def _take(self, session: Session, response_id: str) -> None:
+        """Lease an idle session for a turn that continues ``response_id``."""
+        del self._idle[response_id]
+        self._unindex(session)
+        session.busy = True
+        session.continuing = response_id
+        session.last_used = self.clock()
+        self._in_flight_from[response_id] = session
+
+    def _unindex(self, session: Session) -> None:
+        if session.chain_key is not None:
+            entry = (session.owner, session.upstream, session.chain_key)
+            if self._heads.get(entry) is session:
+                del self._heads[entry]
+            session.chain_key = None
 
     def chain(self, response_id: str, owner: str, upstream: str) -> ChainNode | None:
         """The transcript node of a response, if this owner may see it."""
@@ -238,12 +268,17 @@ class Registry:
             self._in_flight_from.pop(session.continuing or "", None)
             session.continuing = None
             if lease.retain_as is not None and not session.socket.closed:
-                self._retain(session, lease.retain_as)
+                self._retain(session, lease.retain_as, lease.chain_key)
             else:
                 self._forget(session)
                 await session.socket.close()
 
-    def _retain(self, session: Session, response_id: str) -> None:
+    def _retain(
+        self,
+        session: Session,
+        response_id: str,
+        chain_key: tuple[str, int, str] | None = None,
+    ) -> None:
         previous = self._idle.get(response_id)
         if previous is not None and previous is not session:
             self._schedule_close(previous)  # ids are unique upstream; never keep two
@@ -252,9 +287,13 @@ class Registry:
         session.response_id = response_id
         session.last_used = self.clock()
         self._idle[response_id] = session
+        if chain_key is not None:
+            session.chain_key = chain_key
+            self._heads[(session.owner, session.upstream, chain_key)] = session
 
     def _forget(self, session: Session) -> None:
         self._sessions.discard(session)
+        self._unindex(session)
         if session.response_id is not None and self._idle.get(session.response_id) is session:
             del self._idle[session.response_id]
 
@@ -328,6 +367,7 @@ class Registry:
         sessions = list(self._sessions)
         self._sessions.clear()
         self._idle.clear()
+        self._heads.clear()
         await asyncio.gather(*(s.socket.close() for s in sessions), *self._closing)
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -361,3 +401,4 @@ class Lease:
 
     session: Session
     retain_as: str | None = None
+    chain_key: tuple[str, int, str] | None = None  # index the retained socket for auto-chaining

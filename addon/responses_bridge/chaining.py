@@ -1,0 +1,90 @@
+"""Pure matching for automatic chaining: is a full-history request the continuation of a chain?
+
+Most HTTP clients resend the whole conversation each turn. If a request's non-input fields equal
+those of a retained chain's last request, and its input begins with that request's input plus the
+output items it produced, only the rest needs to go upstream, with ``previous_response_id``.
+Matching is by meaning: items are compared in a canonical form (``None``, empty and ``status`` /
+``id`` fields dropped, keys sorted, string content spelled out as parts), so a client that echoes
+output items back with defaults dropped or added, or keys reordered, still matches; any change of
+content does not. Candidates are found by a digest of the whole prefix, never by a scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+# Fields that do not change what the model sees: not part of the request fingerprint.
+_NOT_FINGERPRINTED = frozenset({"input", "stream", "previous_response_id", "background", "type"})
+# Item fields that carry no meaning for the model's context.
+_ITEM_NOISE = frozenset({"id", "status"})
+
+
+def _canonical(value: Any, *, top_item: bool) -> Any:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            if top_item and key in _ITEM_NOISE:
+                continue
+            canonical = _canonical(inner, top_item=False)
+            if canonical is None or canonical == [] or canonical == {}:
+                continue
+            out[key] = canonical
+        return out
+    if isinstance(value, list):
+        return [_canonical(inner, top_item=False) for inner in value]
+    return value
+
+
+def canonical_item(item: Any) -> Any:
+    """An input/output item in a form equal for equal meaning."""
+    if not isinstance(item, dict):
+        return item
+    item = dict(item)
+    if "role" in item and "type" not in item:
+        item["type"] = "message"
+    content = item.get("content")
+    if item.get("type") == "message" and isinstance(content, str):
+        part = "output_text" if item.get("role") == "assistant" else "input_text"
+        item["content"] = [{"type": part, "text": content}]
+    return _canonical(item, top_item=True)
+
+
+def _digest(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
+
+
+def item_digests(items: Iterable[Any]) -> list[str]:
+    """One digest per item, of its canonical form."""
+    return [_digest(canonical_item(item)) for item in items]
+
+
+def fields_fingerprint(body: dict[str, Any]) -> str:
+    """A digest of every request field except the input (and transport-only fields)."""
+    fields = {k: v for k, v in body.items() if k not in _NOT_FINGERPRINTED and v is not None}
+    return _digest(_canonical(fields, top_item=False))
+
+
+def prefix_digests(digests: list[str]) -> list[str]:
+    """``result[k]`` identifies the first ``k`` items (``result[0]`` the empty prefix)."""
+    running = hashlib.sha256()
+    result = [running.hexdigest()[:32]]
+    for digest in digests:
+        running.update(digest.encode())
+        result.append(running.copy().hexdigest()[:32])
+    return result
+
+
+def chain_key(fingerprint: str, digests: list[str]) -> tuple[str, int, str]:
+    """The index key of a chain whose next request must start with these items."""
+    return fingerprint, len(digests), prefix_digests(digests)[-1]
+
+
+def candidate_keys(fingerprint: str, digests: list[str]) -> list[tuple[str, int, str]]:
+    """Keys a request with these input items could continue, longest prefix first. The last
+    item must stay new (a chained request sends at least one item)."""
+    prefixes = prefix_digests(digests)
+    return [(fingerprint, k, prefixes[k]) for k in range(len(digests) - 1, 0, -1)]

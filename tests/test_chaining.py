@@ -1,0 +1,128 @@
+"""The automatic-chaining matcher: equal in meaning matches, any change of content does not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from responses_bridge.chaining import (
+    candidate_keys,
+    canonical_item,
+    chain_key,
+    fields_fingerprint,
+    item_digests,
+)
+
+USER = {"role": "user", "content": "What is the weather in Oslo?"}
+ASSISTANT = {
+    "type": "message",
+    "id": "msg_1",
+    "role": "assistant",
+    "status": "completed",
+    "content": [{"type": "output_text", "text": "Cold.", "annotations": [], "logprobs": None}],
+}
+CALL = {
+    "type": "function_call",
+    "id": "fc_1",
+    "call_id": "call_1",
+    "name": "get_weather",
+    "arguments": '{"city":"Oslo"}',
+    "status": "completed",
+}
+RESULT = {"type": "function_call_output", "call_id": "call_1", "output": "-3 C"}
+REASONING = {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "enc_abc"}
+
+
+def matches(history: list[Any], outputs: list[Any], request_input: list[Any]) -> int | None:
+    """The prefix length a request continues, using the same keys the registry indexes."""
+    fingerprint = fields_fingerprint({"model": "m"})
+    key = chain_key(fingerprint, item_digests(history) + item_digests(outputs))
+    for candidate in candidate_keys(fingerprint, item_digests(request_input)):
+        if candidate == key:
+            return candidate[1]
+    return None
+
+
+def test_equal_history_matches() -> None:
+    follow = [USER, ASSISTANT, {"role": "user", "content": "And tomorrow?"}]
+    assert matches([USER], [ASSISTANT], follow) == 2
+
+
+def test_default_fields_dropped_or_added_still_match() -> None:
+    echoed = {
+        "role": "assistant",
+        "content": [{"text": "Cold.", "type": "output_text"}],  # no id, status, annotations
+    }
+    assert matches([USER], [ASSISTANT], [USER, echoed, {"role": "user", "content": "ok"}]) == 2
+    typed_user = {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": USER["content"]}],
+    }
+    assert matches([USER], [ASSISTANT], [typed_user, ASSISTANT, USER]) == 2
+    with_nulls = {**CALL, "namespace": None}
+    assert matches([USER], [CALL], [USER, with_nulls, RESULT]) == 2
+
+
+def test_reordered_keys_match() -> None:
+    reordered = dict(reversed(list(ASSISTANT.items())))
+    assert matches([USER], [ASSISTANT], [USER, reordered, USER]) == 2
+
+
+def test_edited_history_does_not_match() -> None:
+    edited = {"role": "user", "content": "What is the weather in Bergen?"}
+    assert matches([USER], [ASSISTANT], [edited, ASSISTANT, USER]) is None
+    other_answer = {**ASSISTANT, "content": [{"type": "output_text", "text": "Warm."}]}
+    assert matches([USER], [ASSISTANT], [USER, other_answer, USER]) is None
+
+
+def test_changed_fields_do_not_match() -> None:
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    base = fields_fingerprint({"model": "m", "tools": tools, "instructions": "be brief"})
+    changed_tool = [{**tools[0], "parameters": {"type": "object", "required": ["city"]}}]
+    assert base != fields_fingerprint(
+        {"model": "m", "tools": changed_tool, "instructions": "be brief"}
+    )
+    assert base != fields_fingerprint({"model": "m", "tools": tools, "instructions": "be long"})
+    assert base != fields_fingerprint({"model": "m2", "tools": tools, "instructions": "be brief"})
+    # Transport-only fields and key order do not count.
+    assert base == fields_fingerprint(
+        {"instructions": "be brief", "stream": True, "tools": tools, "model": "m", "input": "x"}
+    )
+
+
+def test_function_call_round_trip_matches() -> None:
+    assert matches([USER], [CALL], [USER, CALL, RESULT]) == 2
+    wrong_call = {**CALL, "arguments": '{"city":"Bergen"}'}
+    assert matches([USER], [CALL], [USER, wrong_call, RESULT]) is None
+
+
+def test_reasoning_items_need_the_same_encrypted_content() -> None:
+    follow = [USER, REASONING, ASSISTANT, {"role": "user", "content": "more"}]
+    assert matches([USER], [REASONING, ASSISTANT], follow) == 3
+    tampered = [USER, {**REASONING, "encrypted_content": "enc_other"}, ASSISTANT, USER]
+    assert matches([USER], [REASONING, ASSISTANT], tampered) is None
+
+
+def test_longest_candidate_first_and_at_least_one_new_item() -> None:
+    fingerprint = fields_fingerprint({"model": "m"})
+    request = [USER, ASSISTANT, USER, ASSISTANT, USER]
+    keys = candidate_keys(fingerprint, item_digests(request))
+    assert [k[1] for k in keys] == [4, 3, 2, 1]
+    # Two chains of the same conversation: the longer one is tried first.
+    short = chain_key(fingerprint, item_digests([USER, ASSISTANT]))
+    long = chain_key(fingerprint, item_digests([USER, ASSISTANT, USER, ASSISTANT]))
+    assert keys.index(long) < keys.index(short)
+    # A request that is exactly a chain's prefix has nothing new: no candidate of its length.
+    assert all(k[1] < 2 for k in candidate_keys(fingerprint, item_digests([USER, ASSISTANT])))
+
+
+def test_canonical_form() -> None:
+    assert canonical_item({"role": "user", "content": "hi", "id": None}) == {
+        "type": "message",
+        "role": "user",
+        "content": [{"type": "input_text", "text": "hi"}],
+    }
+    assert canonical_item({"role": "assistant", "content": "yo"})["content"][0]["type"] == (
+        "output_text"
+    )
+    assert canonical_item("not an item") == "not an item"
