@@ -16,8 +16,12 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-# Fields that do not change what the model sees: not part of the request fingerprint.
-_NOT_FINGERPRINTED = frozenset({"input", "stream", "previous_response_id", "background", "type"})
+# Fields that do not change what the model sees: not part of the request fingerprint. The
+# metadata fields are per-request annotations (Codex puts a turn id and a timestamp in
+# ``client_metadata``); the chained request still carries the new request's own values.
+_NOT_FINGERPRINTED = frozenset(
+    {"input", "stream", "previous_response_id", "background", "type", "client_metadata", "metadata"}
+)
 # Item fields that carry no meaning for the model's context.
 _ITEM_NOISE = frozenset({"id", "status"})
 
