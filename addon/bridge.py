@@ -22,6 +22,7 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import UpstreamMode
 
 from responses_bridge import relay, report, sessions, translate, view
+from responses_bridge.exchange import Exchange, Settings
 from responses_bridge.server import SECRET_HEADER, IncomingRequest, LoopbackServer, ResponseWriter
 
 logger = logging.getLogger("responses_bridge")
@@ -63,14 +64,14 @@ class ResponsesBridge:
             self._serve, self._secret, lambda: self._settings.max_body_bytes
         )
         self._server_task: asyncio.Task[None] | None = None
-        self._exchanges: dict[str, relay.Exchange] = {}
+        self._exchanges: dict[str, Exchange] = {}
         self._originals: dict[str, _Original] = {}
         self._registry = sessions.Registry()
         self._stats = report.Stats()
         self._view = view.make_view()
         self._sweeper: asyncio.Task[None] | None = None
         self._host_patterns: tuple[str, ...] = ()
-        self._settings = relay.Settings()
+        self._settings = Settings()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -207,7 +208,7 @@ class ResponsesBridge:
             if getattr(opts, name) <= 0:
                 raise exceptions.OptionsError(f"{name} must be positive")
         self._host_patterns = translate.parse_host_patterns(opts.responses_bridge_hosts)
-        self._settings = relay.Settings(
+        self._settings = Settings(
             connect_timeout=_seconds(
                 "responses_bridge_connect_timeout", opts.responses_bridge_connect_timeout
             ),
@@ -289,8 +290,8 @@ class ResponsesBridge:
         settings = self._settings
         proxy = _upstream_proxy(flow)
         if proxy is not None:
-            settings = relay.Settings(**{**settings.__dict__, "proxy": proxy})
-        self._exchanges[flow.id] = relay.Exchange(flow.id, upstream_url, settings)
+            settings = Settings(**{**settings.__dict__, "proxy": proxy})
+        self._exchanges[flow.id] = Exchange(flow.id, upstream_url, settings)
         self._originals[flow.id] = _Original(
             request.scheme, request.host, request.port, request.authority, request.host_header
         )
@@ -417,7 +418,7 @@ class ResponsesBridge:
             ) from exc
         return context
 
-    def _finish(self, flow: http.HTTPFlow, exchange: relay.Exchange) -> None:
+    def _finish(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
         """Attach the websocket conversation to the flow, count it, log one line."""
         flow.metadata["responses_bridge"] = exchange.inspection()
         comment = report.flow_comment(
@@ -433,7 +434,7 @@ class ResponsesBridge:
         self._stats.bytes_relayed += exchange.bytes_relayed()
         self._log(flow, exchange)
 
-    def _log(self, flow: http.HTTPFlow, exchange: relay.Exchange) -> None:
+    def _log(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
         status = exchange.status if exchange.status is not None else "-"
         mode = "stream" if exchange.stream else "json"
         line = (

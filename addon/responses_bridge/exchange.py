@@ -1,0 +1,156 @@
+"""One bridged request's state: the options it runs with, what happened on the websocket (for
+inspection), and the client side, which may leave at any time (then the answer is drained)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from responses_bridge.server import ResponseWriter
+
+SSE_HEADERS = [
+    ("content-type", "text/event-stream; charset=utf-8"),
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The options one request is answered with: a snapshot, safe from a reconfigure."""
+
+    connect_timeout: float = 15.0
+    idle_timeout: float = 300.0
+    drain_timeout: float = 30.0
+    chatgpt_compat: str = "auto"
+    forward_vendor_events: bool = False
+    keepalive: float = 15.0  # seconds of upstream silence before an SSE comment; 0 = off
+    max_body_bytes: int = 32 * 1024 * 1024
+    stateful: bool = True
+    rehydrate: bool = True
+    auto_chain: bool = True
+    ssl_context: ssl.SSLContext | None = None
+    proxy: str | None = None
+
+
+@dataclass
+class Exchange:
+    """One bridged request: recorded by the addon in ``requestheaders``, filled in as it runs."""
+
+    flow_id: str
+    upstream_url: str
+    settings: Settings
+    started: float = field(default_factory=time.monotonic)
+    stream: bool | None = None
+    status: int | None = None
+    events: int = 0
+    socket_state: str = "new"
+    socket_age: float = 0.0
+    error: str | None = None
+    sse_body: bytearray = field(default_factory=bytearray)
+    finished: float | None = None
+    sink: ClientSink | None = None
+    task: asyncio.Task[Any] | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # what went over the websocket
+    first_event_at: float | None = None
+    rate_limits: dict[str, Any] | None = None
+    error_code: str | None = None
+    retried: bool = False
+    last_event_at: float = field(default_factory=time.monotonic)
+
+    def duration(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    def first_event_ms(self) -> float | None:
+        if self.first_event_at is None:
+            return None
+        return (self.first_event_at - self.started) * 1000
+
+    def received(self, event: dict[str, Any]) -> None:
+        """Note one upstream event (for inspection and the counters)."""
+        now = time.monotonic()
+        if self.first_event_at is None:
+            self.first_event_at = now
+        self.last_event_at = now
+        self.events += 1
+        if self.attempts:
+            self.attempts[-1]["events"].append(
+                {"t_ms": round((now - self.started) * 1000, 1), "event": event}
+            )
+        if event.get("type") == "codex.rate_limits":
+            self.rate_limits = event
+
+    def bytes_relayed(self) -> int:
+        return self.sink.writer.bytes_sent if self.sink is not None else 0
+
+    def inspection(self) -> dict[str, Any]:
+        """The websocket side of this request, for ``flow.metadata`` (no credentials in it)."""
+        return {
+            "upstream": self.upstream_url,
+            "socket": self.socket_state,
+            "socket_age_s": round(self.socket_age, 3),
+            "status": self.status,
+            "error": self.error,
+            "rate_limits": self.rate_limits,
+            "attempts": self.attempts,
+        }
+
+    def client_gone(self) -> None:
+        """The client disconnected: drain the upstream (stateful) or stop at once."""
+        if self.sink is not None:
+            self.sink.leave()
+        if not self.settings.stateful and self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+class ClientSink:
+    """The client side of one exchange; after the client leaves, writes are dropped and the
+    upstream is read on (draining) for at most ``drain_timeout`` seconds."""
+
+    def __init__(self, writer: ResponseWriter, exchange: Exchange) -> None:
+        self.writer = writer
+        self.exchange = exchange
+        self.gone = False
+        self._deadline: float | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.writer.started
+
+    def leave(self) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        self._deadline = time.monotonic() + self.exchange.settings.drain_timeout
+        self.writer.abort()
+
+    def drain_remaining(self) -> float:
+        """Seconds left to drain after the client left (infinite while it is here)."""
+        if self._deadline is None:
+            return float("inf")
+        return self._deadline - time.monotonic()
+
+    async def _guard(self, coroutine: Any) -> None:
+        if self.gone:
+            coroutine.close()
+            return
+        try:
+            await coroutine
+        except (ConnectionError, OSError):
+            self.leave()
+
+    async def start_stream(self, headers: list[tuple[str, str]]) -> None:
+        await self._guard(self.writer.start_stream(200, SSE_HEADERS + headers))
+        self.writer.started = True
+
+    async def write(self, data: bytes) -> None:
+        await self._guard(self.writer.write(data))
+
+    async def end_stream(self) -> None:
+        await self._guard(self.writer.end_stream())
+
+    async def send_json(self, status: int, payload: Any, headers: list[tuple[str, str]]) -> None:
+        await self._guard(self.writer.send_json(status, payload, headers))

@@ -1,0 +1,185 @@
+"""Which socket a request goes to and what is sent on it: fresh, reused, chained, rehydrated or
+forked, and the one safe retry on a fresh socket. Decisions come from ``sessions``; this module
+turns them into frames. A delta-only request is never resent on a fresh socket."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from responses_bridge.aggregate import ResponseFolder
+from responses_bridge.chaining import candidate_keys, fields_fingerprint, item_digests
+from responses_bridge.errors import (
+    BridgeError,
+    ChainBusy,
+    PreviousResponseNotFound,
+    UpstreamClosed,
+)
+from responses_bridge.exchange import Exchange, Settings
+from responses_bridge.sessions import ChainNode, Registry, Route, Session
+from responses_bridge.translate import (
+    ClientRequest,
+    build_create_frame,
+    input_items,
+    rehydrated_frame,
+)
+
+_RETRYABLE_CODES = frozenset({"previous_response_not_found", "websocket_connection_limit_reached"})
+
+
+@dataclass
+class Turn:
+    """What one request asks for, worked out once."""
+
+    frame: dict[str, Any]  # the response.create frame for the request as the client sent it
+    new_items: list[dict[str, Any]]  # its input as items
+    owner: str
+    previous_id: str | None
+    upstream_resolves: bool  # store: true on a non-ChatGPT upstream: unknown ids may resolve
+    fingerprint: str | None = None  # automatic chaining, when the request is eligible
+    digests: list[str] | None = None
+
+
+@dataclass
+class Plan:
+    """One attempt: the frame to send, on which socket, and how it extends the chain."""
+
+    frame: dict[str, Any]
+    label: str
+    turn_items: list[dict[str, Any]]  # the input items the upstream sees as new in this turn
+    session: Session | None = None  # a leased, retained socket; None opens a fresh one
+    parent: ChainNode | None = None
+    continues: bool = False  # the frame continues a chain the bridge may not know in full
+    show_previous: bool = False  # put the client's previous_response_id back into events
+    shown_previous_id: str | None = None
+    fallback: Plan | None = None  # what to send instead if this attempt fails before output
+
+
+def turn(client: ClientRequest, compat: bool, owner: str, settings: Settings) -> Turn:
+    raw_input = client.body.get("input")
+    turn = Turn(
+        frame=build_create_frame(client.body, chatgpt_compat=compat),
+        new_items=input_items(raw_input),
+        owner=owner,
+        previous_id=client.previous_response_id,
+        upstream_resolves=not compat and client.store is not False,
+    )
+    eligible_input = isinstance(raw_input, str) or (
+        isinstance(raw_input, list) and all(isinstance(item, dict) for item in raw_input)
+    )
+    if settings.auto_chain and settings.stateful and turn.previous_id is None and eligible_input:
+        turn.fingerprint = fields_fingerprint(turn.frame)
+        turn.digests = item_digests(turn.new_items)
+    return turn
+
+
+def remember(
+    registry: Registry, exchange: Exchange, turn: Turn, plan: Plan, folder: ResponseFolder
+) -> str | None:
+    """Record a finished turn's transcript; the response id to retain its socket as, if any."""
+    terminal = folder.terminal
+    if terminal is None or terminal["type"] == "response.failed" or not exchange.settings.stateful:
+        return None
+    response_id = terminal["response"].get("id")
+    if not isinstance(response_id, str):
+        return None
+    registry.record(
+        response_id,
+        turn.owner,
+        exchange.upstream_url,
+        plan.parent,
+        plan.turn_items + folder.done_items(),
+        continues=plan.continues,
+    )
+    return response_id
+
+
+def first_plan(registry: Registry, exchange: Exchange, turn: Turn) -> Plan:
+    upstream = exchange.upstream_url
+    previous_id = turn.previous_id
+    fresh = Plan(turn.frame, "new", turn.new_items, continues=previous_id is not None)
+    if previous_id is None:
+        if turn.digests is None or turn.fingerprint is None:
+            return fresh
+        match = registry.route_auto(
+            turn.owner, upstream, candidate_keys(turn.fingerprint, turn.digests)
+        )
+        if match is None:
+            return fresh
+        session, held = match
+        head = session.continuing
+        assert head is not None
+        delta = turn.new_items[held:]
+        return Plan(
+            {**turn.frame, "input": delta, "previous_response_id": head},
+            "chained",
+            delta,
+            session=session,
+            parent=registry.chain(head, turn.owner, upstream),
+            continues=True,
+            show_previous=True,  # the client sent none: its answer shows none
+            fallback=fresh,
+        )
+    if not exchange.settings.stateful:
+        return fresh
+    decision = registry.route(
+        turn.owner, upstream, previous_id, upstream_resolves=turn.upstream_resolves
+    )
+    if decision.route is Route.REUSE:
+        parent = registry.chain(previous_id, turn.owner, upstream)
+        return Plan(
+            turn.frame,
+            "reused",
+            turn.new_items,
+            session=decision.session,
+            parent=parent,
+            continues=True,
+        )
+    if decision.route in (Route.REHYDRATE, Route.FORK) and exchange.settings.rehydrate:
+        assert decision.node is not None
+        return _rehydrated(
+            turn.frame, decision.node, turn.new_items, previous_id, decision.route.value
+        )
+    if decision.route is Route.BUSY or decision.route is Route.FORK:
+        raise ChainBusy(previous_id)
+    if decision.route is Route.PASS:
+        return fresh
+    raise PreviousResponseNotFound(previous_id)
+
+
+def _rehydrated(
+    frame: dict[str, Any],
+    node: ChainNode,
+    new_items: list[dict[str, Any]],
+    previous_id: str,
+    label: str,
+) -> Plan:
+    return Plan(
+        rehydrated_frame(frame, node.transcript() or [], new_items),
+        label,
+        new_items,
+        parent=node,
+        continues=True,
+        show_previous=True,
+        shown_previous_id=previous_id,
+    )
+
+
+def retry_plan(exc: BridgeError, plan: Plan, exchange: Exchange) -> Plan | None:
+    """A second attempt on a fresh socket, when that is safe and can succeed."""
+    retryable = exc.code in _RETRYABLE_CODES or (
+        isinstance(exc, UpstreamClosed) and plan.session is not None and exchange.events == 0
+    )
+    if not retryable or exchange.sink is None or exchange.sink.gone:
+        return None
+    if plan.fallback is not None:
+        return plan.fallback
+    previous_id = plan.frame.get("previous_response_id")
+    if not isinstance(previous_id, str):
+        # A full request (no previous_response_id) can be resent as it is, on a fresh socket.
+        return replace(plan, session=None)
+    if not exchange.settings.rehydrate or plan.parent is None:
+        return None
+    if plan.parent.transcript() is None:
+        return None
+    return _rehydrated(plan.frame, plan.parent, plan.turn_items, previous_id, "rehydrated")
