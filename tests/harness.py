@@ -20,8 +20,20 @@ class Mitmdump:
     """A running ``mitmdump -s addon/bridge.py`` subprocess on 127.0.0.1 with an ephemeral port."""
 
     def __init__(
-        self, args: list[str], confdir: Path, *, addon: bool = True, script: Path = ADDON
+        self,
+        args: list[str],
+        confdir: Path,
+        *,
+        addon: bool = True,
+        script: Path = ADDON,
+        prefix: list[str] | None = None,
+        listen_host: str = "127.0.0.1",
+        port: int = 0,
+        ready_pattern: str | None = None,
     ) -> None:
+        """``prefix`` runs mitmdump through another command (``["ip", "netns", "exec", NS]``);
+        ``ready_pattern`` is a log line that means "started" for modes that do not listen on a
+        port (``Local redirector started``); ``port`` then stays 0."""
         self.confdir = confdir
         self.lines: list[str] = []
         self._ready = threading.Event()
@@ -32,22 +44,24 @@ class Mitmdump:
         for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
             env.pop(var, None)
         command = [
+            *(prefix or []),
             str(MITMDUMP),
             "--listen-host",
-            "127.0.0.1",
+            listen_host,
             "-p",
-            "0",
+            str(port),
             "--set",
             f"confdir={confdir}",
             *(["-s", str(script)] if addon else []),
             *args,
         ]
         self._needs_bridge_line = addon
+        self._ready_pattern = ready_pattern
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(20) or not self.port or not self._started:
+        if not self._ready.wait(20) or not (self.port or ready_pattern) or not self._started:
             self.stop()
             raise RuntimeError("mitmdump did not start:\n" + "\n".join(self.lines))
 
@@ -59,6 +73,8 @@ class Mitmdump:
             found = re.search(r"listening at (?:\*|[\d.]+):(\d+)", line)
             if found:
                 self.port = int(found.group(1))
+                listening = True
+            if self._ready_pattern is not None and re.search(self._ready_pattern, line):
                 listening = True
             bridge = bridge or "answering bridged requests" in line
             if listening and (bridge or not self._needs_bridge_line):

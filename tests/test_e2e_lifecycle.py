@@ -26,7 +26,9 @@ def wait_until(predicate: object, timeout: float = 10) -> None:
 
 def abort_mid_stream(bridge: Mitmdump) -> None:
     with httpx.stream(
-        "POST", f"{bridge.base_url}/responses", timeout=30,
+        "POST",
+        f"{bridge.base_url}/responses",
+        timeout=30,
         json={"model": "m", "input": "x fake:slow=200 fake:deltas=20", "stream": True},
     ) as streamed:
         for line in streamed.iter_lines():

@@ -1,5 +1,6 @@
-"""Throw-away TLS material for tests: a CA and a server certificate made per run, and a TLS
-terminator that forwards to a plain local port (to put the fake upstream behind TLS)."""
+"""Throw-away TLS material for tests: a CA and a server certificate made per run, a TLS
+terminator that forwards to a plain local port (to put the fake upstream behind TLS), and a plain
+TCP forwarder (to put it on another address or port)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import datetime
 import ipaddress
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cryptography import x509
@@ -18,8 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def make_ca_and_cert(directory: Path, hostname: str = "localhost") -> tuple[Path, Path, Path]:
-    """Write ca.pem, server.pem and server-key.pem for ``hostname`` (and 127.0.0.1)."""
+def make_ca_and_cert(
+    directory: Path, hostname: str = "localhost", *, ip_addresses: Iterable[str] = ()
+) -> tuple[Path, Path, Path]:
+    """Write ca.pem, server.pem and server-key.pem for ``hostname`` (and 127.0.0.1, plus any
+    ``ip_addresses`` as further IP SANs)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "responses-bridge test CA")])
@@ -62,7 +66,11 @@ def make_ca_and_cert(directory: Path, hostname: str = "localhost") -> tuple[Path
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [
+                    x509.DNSName(hostname),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses),
+                ]
             ),
             critical=False,
         )
@@ -90,8 +98,11 @@ def make_ca_and_cert(directory: Path, hostname: str = "localhost") -> tuple[Path
 
 
 @contextlib.contextmanager
-def tls_terminator(cert: Path, key: Path, target_port: int) -> Iterator[dict[str, object]]:
-    """Serve TLS on 127.0.0.1 (in a thread) and forward each connection to ``target_port``.
+def tls_terminator(
+    cert: Path, key: Path, target_port: int, *, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[dict[str, object]]:
+    """Serve TLS on ``host``:``port`` (default 127.0.0.1, a free port; in a thread) and forward
+    each connection to 127.0.0.1:``target_port``.
     Yields ``{"port": int, "handshakes": int, "sni": list[str | None]}``."""
     info: dict[str, object] = {"port": 0, "handshakes": 0, "sni": []}
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -107,6 +118,7 @@ def tls_terminator(cert: Path, key: Path, target_port: int) -> Iterator[dict[str
     ready = threading.Event()
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _track(writer)
         with contextlib.suppress(Exception):
             while data := await reader.read(65536):
                 writer.write(data)
@@ -119,7 +131,7 @@ def tls_terminator(cert: Path, key: Path, target_port: int) -> Iterator[dict[str
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     async def main() -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+        server = await asyncio.start_server(handle, host, port, ssl=context)
         info["port"] = server.sockets[0].getsockname()[1]
         ready.set()
         with contextlib.suppress(asyncio.CancelledError):
@@ -132,6 +144,70 @@ def tls_terminator(cert: Path, key: Path, target_port: int) -> Iterator[dict[str
     try:
         yield info
     finally:
+        _shut_down(loop, thread)
+
+
+@contextlib.contextmanager
+def tcp_forwarder(
+    target_port: int, *, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[dict[str, int]]:
+    """Accept plain TCP on ``host``:``port`` (in a thread) and forward each connection to
+    127.0.0.1:``target_port``. Sockets are made in the new thread, which inherits the network
+    namespace of the thread that enters this. Yields ``{"port": int, "connections": int}``."""
+    info = {"port": 0, "connections": 0}
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _track(writer)
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        info["connections"] += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def main() -> None:
+        try:
+            server = await asyncio.start_server(handle, host, port)
+            info["port"] = server.sockets[0].getsockname()[1]
+        finally:
+            ready.set()  # also when binding failed: "port" then stays 0
+        with contextlib.suppress(asyncio.CancelledError):
+            async with server:
+                await server.serve_forever()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield info
+    finally:
+        _shut_down(loop, thread)
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    """Drop every open connection at once (a retained upstream socket would otherwise keep
+    the server waiting for it), then end the loop's tasks."""
+
+    def abort_everything() -> None:
+        for transport in list(_TRANSPORTS.get(loop, ())):
+            transport.abort()
         for task in asyncio.all_tasks(loop):
-            loop.call_soon_threadsafe(task.cancel)
-        thread.join(5)
+            task.cancel()
+
+    loop.call_soon_threadsafe(abort_everything)
+    thread.join(5)
+    _TRANSPORTS.pop(loop, None)
+
+
+_TRANSPORTS: dict[asyncio.AbstractEventLoop, set[asyncio.BaseTransport]] = {}
+
+
+def _track(writer: asyncio.StreamWriter) -> None:
+    loop = asyncio.get_running_loop()
+    _TRANSPORTS.setdefault(loop, set()).add(writer.transport)
