@@ -133,6 +133,13 @@ class ResponsesBridge:
             "Most upstream sockets open at once (retained and in flight).",
         )
         loader.add_option(
+            "responses_bridge_warm_sockets",
+            int,
+            1,
+            "Upstream sockets opened ahead per credential and upstream, so a fresh request does "
+            "not wait for a handshake (within max_sessions; closed after session_ttl idle).",
+        )
+        loader.add_option(
             "responses_bridge_session_ttl",
             str,
             "600",
@@ -239,6 +246,9 @@ class ResponsesBridge:
         )
         limits.transcript_max_bytes = opts.responses_bridge_transcript_max_bytes
         limits.keep_transcripts = opts.responses_bridge_rehydrate
+        if opts.responses_bridge_warm_sockets < 0:
+            raise exceptions.OptionsError("responses_bridge_warm_sockets must be 0 or more")
+        limits.warm_sockets = opts.responses_bridge_warm_sockets
 
     def running(self) -> None:
         if ctx.options.connection_strategy != "lazy":

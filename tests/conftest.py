@@ -48,6 +48,9 @@ def start_bridge(confdir: Path) -> Iterator[StartBridge]:
             args += ["--mode", mode]
         for option in options:
             args += ["--set", option]
+        # Tests count upstream connections: no pre-opened sockets unless a test asks for them.
+        if not any(o.startswith("responses_bridge_warm_sockets=") for o in options):
+            args += ["--set", "responses_bridge_warm_sockets=0"]
         bridge = Mitmdump(args, confdir)
         started.append(bridge)
         return bridge
@@ -68,6 +71,8 @@ def shared_bridge(
             f"reverse:http://127.0.0.1:{shared_fake.port}",
             "--set",
             "responses_bridge_idle_timeout=5",
+            "--set",
+            "responses_bridge_warm_sockets=0",
         ],
         tmp_path_factory.mktemp("mitmproxy-conf-shared"),
     )

@@ -145,6 +145,7 @@ async def test_commands_in_process() -> None:
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
     addon = bridge_script.ResponsesBridge()
     master.addons.add(addon)
+    master.options.update(responses_bridge_warm_sockets=0)
     running = asyncio.create_task(master.run())
     try:
         for _ in range(200):

@@ -346,3 +346,28 @@ def test_shutdown_closes_every_socket(fake: FakeUpstream, start_bridge: StartBri
     bridge.stop()
     wait_until(lambda: fake.open_sockets == 0)
     assert all(record.close_code == 1000 for record in fake.sockets)
+
+
+def test_warm_socket_serves_the_next_fresh_request(
+    fake: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    client = client_for(start_bridge(fake, "responses_bridge_warm_sockets=1"))
+    first, _ = turn(client, "one")
+    wait_until(lambda: fake.connections == 2)  # the chain's socket and one opened ahead
+    second, label = turn(client, "fresh conversation")
+    assert label == "new" and context_count(second) == 1
+    wait_until(lambda: fake.connections == 3)  # the pool is topped up again
+    assert len(fake.sockets[1].frames) == 1  # the warm socket carried the fresh request
+    assert fake.sockets[0].frames[0]["input"] == first.output_text.split(" | ")[0][6:]
+
+
+def test_warm_sockets_never_exceed_capacity(fake: FakeUpstream, start_bridge: StartBridge) -> None:
+    client = client_for(
+        start_bridge(fake, "responses_bridge_warm_sockets=3", "responses_bridge_max_sessions=2")
+    )
+    turn(client, "one")
+    wait_until(lambda: fake.connections == 2)
+    time.sleep(0.3)
+    assert fake.open_sockets == 2
+    second, _ = turn(client, "two")  # capacity full: served by the warm socket
+    assert context_count(second) == 1

@@ -120,6 +120,9 @@ async def answer(
                 attempt["socket_end"] = (
                     {"retained_as": retain_as} if retain_as else socket.end_state()
                 )
+            if settings.stateful:
+                # The next fresh request of this owner finds a socket already open.
+                registry.keep_warm(turn.owner, exchange.upstream_url, connect)
             return
     except BridgeError as exc:
         exchange.error = f"{type(exc).__name__}: {exc.message}"

@@ -115,6 +115,7 @@ class Limits:
     max_socket_age: float = 55 * 60.0
     transcript_max_bytes: int = 16 * 1024 * 1024
     keep_transcripts: bool = True
+    warm_sockets: int = 1  # pre-opened sockets kept per owner and upstream for fresh requests
     max_chains: int | None = None  # default: 8 * max_sessions
 
     @property
@@ -141,6 +142,8 @@ class Registry:
     _heads: dict[tuple[str, str, tuple[str, int, str]], Session] = field(default_factory=dict)
     _connecting: int = 0
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
+    _warm: dict[tuple[str, str], list[Session]] = field(default_factory=dict)
+    _warming: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -236,9 +239,15 @@ class Registry:
     async def open(
         self, owner: str, upstream: str, connect: Callable[[], Awaitable[ClosableSocket]]
     ) -> Session:
-        """Reserve capacity (closing least recently used idle sockets if full), then connect."""
+        """A socket for a fresh turn: a warm one if there is one, else reserve capacity (closing
+        warm, then least recently used idle sockets if full) and connect."""
+        warm = self._take_warm(owner, upstream)
+        if warm is not None:
+            return warm
         while len(self._sessions) + self._connecting >= self.limits.max_sessions:
-            idle = min(self._idle.values(), key=lambda s: s.last_used, default=None)
+            idle = self._oldest_warm() or min(
+                self._idle.values(), key=lambda s: s.last_used, default=None
+            )
             if idle is None:
                 raise CapacityExceeded(
                     f"All {self.limits.max_sessions} upstream sockets are busy "
@@ -246,6 +255,11 @@ class Registry:
                     headers={"retry-after": "1"},
                 )
             self._schedule_close(idle)
+        return await self._connect(owner, upstream, connect)
+
+    async def _connect(
+        self, owner: str, upstream: str, connect: Callable[[], Awaitable[ClosableSocket]]
+    ) -> Session:
         self._connecting += 1
         try:
             socket = await connect()
@@ -253,9 +267,54 @@ class Registry:
             self._connecting -= 1
         now = self.clock()
         session = Session(socket, owner, upstream, opened_at=now, last_used=now)
-        session.opened_at = now
         self._sessions.add(session)
         return session
+
+    # -- warm sockets ------------------------------------------------------------------------
+
+    def keep_warm(
+        self, owner: str, upstream: str, connect: Callable[[], Awaitable[ClosableSocket]]
+    ) -> None:
+        """Top up this owner's pool of pre-opened sockets to ``warm_sockets`` in the background,
+        using only free capacity (a warm socket never evicts anything)."""
+        key = (owner, upstream)
+        if self.limits.warm_sockets <= 0 or key in self._warming:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._fill_warm(key, connect), name="responses-bridge warm socket"
+        )
+        self._warming[key] = task
+        task.add_done_callback(lambda _t: self._warming.pop(key, None))
+
+    async def _fill_warm(
+        self, key: tuple[str, str], connect: Callable[[], Awaitable[ClosableSocket]]
+    ) -> None:
+        pool = self._warm.setdefault(key, [])
+        while (
+            len(pool) < self.limits.warm_sockets
+            and len(self._sessions) + self._connecting < self.limits.max_sessions
+        ):
+            try:
+                session = await self._connect(key[0], key[1], connect)
+            except Exception:  # a failed warm-up only costs the next request its handshake
+                return
+            session.busy = False
+            pool.append(session)
+
+    def _take_warm(self, owner: str, upstream: str) -> Session | None:
+        pool = self._warm.get((owner, upstream), [])
+        while pool:
+            session = pool.pop(0)
+            if self._usable(session):
+                session.busy = True
+                session.last_used = self.clock()
+                return session
+            self._schedule_close(session)
+        return None
+
+    def _oldest_warm(self) -> Session | None:
+        warm = [session for pool in self._warm.values() for session in pool]
+        return min(warm, key=lambda s: s.last_used, default=None)
 
     @asynccontextmanager
     async def lease(self, session: Session) -> AsyncIterator[Lease]:
@@ -293,6 +352,9 @@ class Registry:
 
     def _forget(self, session: Session) -> None:
         self._sessions.discard(session)
+        pool = self._warm.get((session.owner, session.upstream))
+        if pool is not None and session in pool:
+            pool.remove(session)
         self._unindex(session)
         if session.response_id is not None and self._idle.get(session.response_id) is session:
             del self._idle[session.response_id]
@@ -346,7 +408,8 @@ class Registry:
 
     def sweep(self) -> int:
         """Close idle sockets past their TTL or age; returns how many."""
-        expired = [s for s in self._idle.values() if not self._usable(s)]
+        warm = [session for pool in self._warm.values() for session in pool]
+        expired = [s for s in [*self._idle.values(), *warm] if not self._usable(s)]
         for session in expired:
             self._schedule_close(session)
         return len(expired)
@@ -358,14 +421,20 @@ class Registry:
             for rid, session in self._idle.items()
             if response_id is None or rid == response_id
         ]
+        if response_id is None:
+            chosen += [session for pool in self._warm.values() for session in pool]
         for session in chosen:
             self._schedule_close(session)
         return len(chosen)
 
     async def close_all(self) -> None:
         """Close every socket (shutdown)."""
+        for task in list(self._warming.values()):
+            task.cancel()
+        await asyncio.gather(*self._warming.values(), return_exceptions=True)
         sessions = list(self._sessions)
         self._sessions.clear()
+        self._warm.clear()
         self._idle.clear()
         self._heads.clear()
         await asyncio.gather(*(s.socket.close() for s in sessions), *self._closing)
