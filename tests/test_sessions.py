@@ -707,3 +707,63 @@ async def test_snapshot_rows(world: World) -> None:
     row = world.registry.snapshot()[0]
     assert (row["response_id"], row["turns"], row["age"], row["idle"]) == ("resp_2", 2, 17.0, 0.0)
     assert row["transcript_bytes"] == 0  # resp_2 was never recorded
+
+
+# -- warm sockets ------------------------------------------------------------------------------
+
+
+async def warm_up(world: World, owner: str | None = None) -> None:
+    world.registry.keep_warm(owner or world.owner, UP, world.connect)
+    for _ in range(50):
+        await asyncio.sleep(0)
+        if not world.registry._warming:
+            return
+    raise AssertionError("warm-up did not finish")
+
+
+async def test_keep_warm_fills_the_pool_and_open_takes_from_it() -> None:
+    world = World(warm_sockets=2, max_sessions=8)
+    await warm_up(world)
+    assert len(world.sockets) == 2 and world.registry.open_sockets == 2
+    session = await world.open()
+    assert session.socket is world.sockets[0] and len(world.sockets) == 2  # no new connect
+    await warm_up(world)
+    assert len(world.sockets) == 3  # topped up again
+    other = world.registry.owner_of(BOB)
+    fresh = await world.open(owner=other)
+    assert fresh.socket is world.sockets[3]  # another owner never gets this owner's socket
+
+
+async def test_warm_sockets_use_only_free_capacity_and_go_first() -> None:
+    world = World(warm_sockets=5, max_sessions=2)
+    await world.retained("resp_a")
+    await warm_up(world)
+    assert world.registry.open_sockets == 2  # one warm socket fitted, no eviction
+    other = world.registry.owner_of(BOB)
+    await world.open(owner=other)  # full: the warm socket is closed before the idle chain
+    await world.sockets[1].wait_closed()
+    assert not world.sockets[0].closed
+    assert world.route("resp_a").route is Route.REUSE
+
+
+async def test_expired_warm_sockets_are_swept_and_not_used() -> None:
+    world = World(warm_sockets=1, session_ttl=10)
+    await warm_up(world)
+    world.advance(11)
+    assert world.registry.sweep() == 1
+    await world.sockets[0].wait_closed()
+    await warm_up(world)
+    world.advance(11)
+    session = await world.open()  # the stale warm socket is skipped and closed
+    assert session.socket is world.sockets[2]
+    await world.sockets[1].wait_closed()
+
+
+async def test_warm_disabled_and_close_all() -> None:
+    world = World(warm_sockets=0)
+    await warm_up(world)
+    assert world.sockets == []
+    world.registry.limits.warm_sockets = 1
+    await warm_up(world)
+    await world.registry.close_all()
+    assert world.sockets[0].closed and world.registry.open_sockets == 0
