@@ -34,7 +34,23 @@ change the behaviour:
 ``phase=P``                     where error/failed/close/garbage/silent strike:
                                 before_created, after_created (created + 1 delta),
                                 mid (created + 2 deltas), after_completed
+``brief``                       a short answer: ``echo: <first 60 characters> | context:
+                                <N> user messages`` (keeps long chains from growing as N²)
 ==============================  ==========================================================
+
+Opt-in extras, off by default (the benchmark, ``scripts/bench.py``, turns them on):
+
+- ``http_responses=True``: ``POST …/responses`` over plain HTTP/1.1 (keep-alive) answers like a
+  websocket turn: ``stream: true`` → ``text/event-stream`` frames ``event: <type>\ndata:
+  <json>\n\n`` written as the events are produced (no ``[DONE]``), otherwise the final Response
+  JSON; an error before ``response.created`` is an HTTP status with an ``{"error": …}`` body.
+  Stateless: ``previous_response_id`` resolves only through the ``store: true`` store. The
+  first request on a new HTTP connection waits ``handshake_delay`` counted from the TCP
+  accept (the connection set-up a websocket upgrade pays too). Other paths and methods still
+  get ``426``.
+- ``input_cost_ms_per_kb``: before ``response.created``, sleep that many milliseconds per KB
+  of input items the upstream has not seen on that socket (the request's ``input``: only the
+  new items of a continuation; every item of a full request or an HTTP request).
 
 Run standalone: ``python tests/fake_upstream.py [--port 8765] [--directives "..."]``.
 """
@@ -157,6 +173,12 @@ def answer_text(context: list[Json], new_items: list[Json]) -> str:
     parts.append(f"context: {len(users)} user messages")
     parts.append(" / ".join(users))
     return " | ".join(parts)
+
+
+def brief_answer_text(context: list[Json]) -> str:
+    """The ``brief`` answer: the echo cut to 60 characters and the context count only."""
+    users = [_text_of(item.get("content")) for item in context if _is_user_message(item)]
+    return f"echo: {(users[-1] if users else '')[:60]} | context: {len(users)} user messages"
 
 
 def split_text(text: str, count: int) -> list[str]:
@@ -345,12 +367,18 @@ class _Connection(ServerConnection):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.mode = "sniff"  # sniff -> websocket | http
+        self.mode = "sniff"  # sniff -> websocket | http | http_api (opt-in, keep-alive)
         self._buf = bytearray()
         self.fake._conns.add(self)
+        self._accepted_at = time.monotonic()
+        self._http_task: asyncio.Task[None] | None = None
+        self._http_served = 0
+        self._continue_sent = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fake._conns.discard(self)
+        if self._http_task is not None:
+            self._http_task.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -360,6 +388,9 @@ class _Connection(ServerConnection):
         if self.mode == "http":
             return
         self._buf += data
+        if self.mode == "http_api":
+            self._next_http_request()
+            return
         end = self._buf.find(b"\r\n\r\n")
         if end < 0:
             if len(self._buf) > 65536:  # let websockets reject it
@@ -372,6 +403,10 @@ class _Connection(ServerConnection):
             headers[name.strip().lower()] = value.strip()
         if "websocket" in headers.get("upgrade", "").lower():
             self._become_websocket()
+            return
+        if self.fake.http_responses and _is_responses_post(lines[0]):
+            self.mode = "http_api"
+            self._next_http_request()
             return
         received = len(self._buf) - end - 4
         if "100-continue" not in headers.get("expect", "").lower():
@@ -401,6 +436,161 @@ class _Connection(ServerConnection):
         buffered, self._buf = bytes(self._buf), bytearray()
         super().data_received(buffered)
 
+    # -- the opt-in plain-HTTP endpoint (``FakeUpstream.http_responses``)
+
+    def _next_http_request(self) -> None:
+        """Start serving the next complete request in the buffer, one at a time."""
+        if self._http_task is not None or self.transport.is_closing():
+            return
+        try:
+            parsed = _parse_http_request(self._buf)
+        except ValueError as exc:
+            self._write_http(400, error_body(400, f"Malformed HTTP request: {exc}."), close=True)
+            return
+        if isinstance(parsed, bool):  # incomplete; True: the client waits for 100 Continue
+            if parsed and not self._continue_sent:
+                self._continue_sent = True
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        consumed, method, path, headers, body = parsed
+        del self._buf[:consumed]
+        self._continue_sent = False
+        self._http_task = asyncio.get_running_loop().create_task(
+            self._serve_http(method, path, headers, body), name="fake upstream HTTP request"
+        )
+
+    async def _serve_http(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> None:
+        keep_alive = False
+        try:
+            record: Json = {"method": method, "path": path, "headers": headers}
+            self.fake.http_requests.append(record)
+            if not _is_responses_post(f"{method} {path} HTTP/1.1"):
+                payload = error_body(
+                    426,
+                    "This endpoint only speaks the Responses API WebSocket mode; "
+                    "open a websocket (GET with Upgrade: websocket).",
+                    code="upgrade_required",
+                )
+                self._write_http(426, payload, (("Upgrade", "websocket"),), close=True)
+                return
+            if self._http_served == 0:  # a new connection pays the set-up cost once
+                await self.fake._sleep(
+                    self._accepted_at + self.fake.handshake_delay - time.monotonic()
+                )
+            self._http_served += 1
+            try:
+                request = json.loads(body)
+            except ValueError:
+                request = None
+            record["body"] = request
+            if not isinstance(request, dict):
+                message = "The request body must be a JSON object."
+                self._write_http(400, error_body(400, message, code="invalid_json"))
+                keep_alive = True
+                return
+            keep_alive = await self._http_turn(request)
+            keep_alive = keep_alive and "close" not in headers.get("connection", "").lower()
+        except (ConnectionError, ConnectionClosed):
+            pass
+        except Exception:
+            log.exception("fake upstream HTTP request failed")
+            self.transport.abort()
+        finally:
+            self._http_task = None
+            if self.transport.is_closing():
+                pass
+            elif keep_alive:
+                self._next_http_request()
+            else:
+                self.transport.close()
+
+    async def _http_turn(self, body: Json) -> bool:
+        """Answer one HTTP request as a websocket turn would; True keeps the connection."""
+        stream = body.get("stream") is True
+        request = {k: v for k, v in body.items() if k not in ("stream", "background")}
+        record = SocketRecord(index=-1, path="http", headers={})
+        session = _Session(record=record, conn=self)
+        turn = _HttpTurn(self.fake, session, request, self, stream)
+        await turn.run()
+        if turn.finished:
+            return not self.transport.is_closing()
+        if session.hung:  # silent: never answer; the client gives up and closes
+            await asyncio.Event().wait()
+        if not self.transport.is_closing():
+            self.transport.close()
+        return False
+
+    def _write_http(
+        self,
+        status: int,
+        payload: Json,
+        extra: tuple[tuple[str, str], ...] = (),
+        *,
+        close: bool = False,
+    ) -> None:
+        response = _json_response(status, payload, extra)
+        if not close:
+            del response.headers["Connection"]
+        self.transport.write(response.serialize())
+        if close:
+            self.transport.close()
+
+
+def _is_responses_post(request_line: str) -> bool:
+    """``POST <path ending in /responses> HTTP/1.1`` (query ignored)."""
+    method, _, rest = request_line.partition(" ")
+    path = rest.rpartition(" ")[0].partition("?")[0]
+    return method == "POST" and path.rstrip("/").endswith("/responses")
+
+
+def _parse_http_request(
+    buf: bytearray,
+) -> bool | tuple[int, str, str, dict[str, str], bytes]:
+    """One complete request at the start of ``buf``: (bytes used, method, path, headers, body).
+
+    Incomplete: False, or True when the head asks for ``100 Continue``. Malformed: ValueError.
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > 65536:
+            raise ValueError("request head too large")
+        return False
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    method, _, rest = lines[0].partition(" ")
+    path = rest.rpartition(" ")[0]
+    if not method or not path:
+        raise ValueError("bad request line")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    expects = "100-continue" in headers.get("expect", "").lower()
+    start = end + 4
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = bytearray()
+        pos = start
+        while True:
+            line_end = buf.find(b"\r\n", pos)
+            if line_end < 0:
+                return expects
+            size = int(bytes(buf[pos:line_end]).split(b";")[0].strip() or b"x", 16)
+            if size == 0:
+                trailer_end = buf.find(b"\r\n\r\n", line_end)
+                if trailer_end < 0 and buf[line_end : line_end + 4] != b"\r\n\r\n":
+                    return expects
+                used = line_end + 4 if trailer_end < 0 else trailer_end + 4
+                return used, method, path, headers, bytes(body)
+            if len(buf) < line_end + 2 + size + 2:
+                return expects
+            body += buf[line_end + 2 : line_end + 2 + size]
+            pos = line_end + 2 + size + 2
+    length = int(headers.get("content-length", "0") or 0)
+    if len(buf) < start + length:
+        return expects
+    return start + length, method, path, headers, bytes(buf[start : start + length])
+
 
 # --------------------------------------------------------------------------- the server
 
@@ -416,12 +606,18 @@ class FakeUpstream:
         default_directives: str = "",
         event_delay: float = 0.0,
         port: int = 0,
+        http_responses: bool = False,
+        input_cost_ms_per_kb: float = 0.0,
     ) -> None:
         self.handshake_status = handshake_status
         self.handshake_delay = handshake_delay
         self.default_directives = default_directives
         self.event_delay = event_delay
         self.port = port
+        # Opt-in: answer POST …/responses over plain HTTP too (see the module docstring).
+        self.http_responses = http_responses
+        # Opt-in: milliseconds of "prefill" per KB of input not yet seen on the socket.
+        self.input_cost_ms_per_kb = input_cost_ms_per_kb
         self.connections = 0
         self.open_sockets = 0
         self.sockets: list[SocketRecord] = []
@@ -676,6 +872,10 @@ class _Turn:
     async def run(self) -> None:
         if not await self.validate():
             return
+        if self.fake.input_cost_ms_per_kb > 0:
+            # Only the request's own input is new to this socket: a continuation's chain is not.
+            kilobytes = len(json.dumps(self.new_items)) / 1024
+            await self.fake._sleep(self.fake.input_cost_ms_per_kb * kilobytes / 1000)
         directives = self.directives
         plan, injects = self.plan()
         delay_ms = directives.get("slow")
@@ -856,7 +1056,11 @@ class _Turn:
             if "tool" in d:
                 output.append(self._function_call(events, len(output), count, delta_ends))
             else:
-                text = answer_text(self.context, self.new_items)
+                text = (
+                    brief_answer_text(self.context)
+                    if "brief" in d
+                    else answer_text(self.context, self.new_items)
+                )
                 pieces = split_text(text, count)
                 if d.get("garbage") == "oversized":
                     filler = ("0123456789abcdef" * (OVERSIZED_BYTES // 16 + 1))[:OVERSIZED_BYTES]
@@ -1062,6 +1266,78 @@ class _Turn:
         return False
 
 
+class _HttpTurn(_Turn):
+    """A turn answered over plain HTTP: SSE frames as the events come, or the final JSON."""
+
+    def __init__(
+        self,
+        fake: FakeUpstream,
+        session: _Session,
+        request: Json,
+        conn: _Connection,
+        stream: bool,
+    ) -> None:
+        super().__init__(fake, session, request)
+        self.conn = conn
+        self.stream = stream
+        self.started = False  # the 200 head is written (stream only)
+        self.finished = False  # the whole answer is written
+
+    async def send(self, event: Json, *, numbered: bool = True) -> None:
+        if numbered:
+            event = {**event, "sequence_number": self.seq}
+            self.seq += 1
+        if self.finished:
+            return
+        kind = event.get("type")
+        if kind == "error" and not self.started:
+            status = event.get("status") or event.get("status_code") or 500
+            self.conn._write_http(int(status), {"error": event.get("error")})
+            self.finished = True
+            return
+        if not self.stream:
+            if kind in TERMINAL_EVENTS and isinstance(event.get("response"), dict):
+                self.conn._write_http(200, event["response"])
+                self.finished = True
+            return
+        if not self.started:
+            self.started = True
+            self.conn.transport.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+                b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
+        await self._chunk(f"event: {kind}\ndata: {json.dumps(event)}\n\n".encode())
+        if kind in TERMINAL_EVENTS:
+            self.conn.transport.write(b"0\r\n\r\n")
+            self.finished = True
+
+    async def _chunk(self, data: bytes) -> None:
+        if self.conn.transport.is_closing():
+            raise ConnectionResetError("the HTTP client left")
+        self.conn.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        await self.conn.drain()
+
+    async def inject(self, inject: _Inject) -> bool:
+        if inject.kind == "garbage":
+            if self.stream and self.started:
+                binary = inject.payload == "binary"
+                text = b"\x00\x01fake binary frame\xff" if binary else b"this is not JSON {"
+                await self._chunk(b"data: " + text + b"\n\n")
+            return True
+        if inject.kind == "error":
+            await self.fail(inject.payload)
+            if inject.close_code is not None and not self.finished:
+                self.conn.transport.close()
+            return False
+        if inject.kind == "close":
+            if inject.close_code == 1006 or not self.started:
+                self.conn.transport.abort()
+            else:
+                self.conn.transport.close()  # ends the body without its last chunk
+            return False
+        return await super().inject(inject)  # failed, silent
+
+
 def _number(value: str | None, default: float) -> float:
     try:
         return float(value) if value not in (None, "") else default
@@ -1168,13 +1444,13 @@ class FakeUpstreamThread:
 # --------------------------------------------------------------------------- CLI
 
 
-async def _serve(port: int, directives: str) -> None:
+async def _serve(port: int, directives: str, **options: Any) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    async with FakeUpstream(port=port, default_directives=directives) as fake:
+    async with FakeUpstream(port=port, default_directives=directives, **options) as fake:
         print(f"fake upstream listening on {fake.url()}", flush=True)
         await stop.wait()
 
@@ -1188,9 +1464,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--directives", default="", help='default directives, e.g. "slow=50 vendor"'
     )
+    parser.add_argument(
+        "--http-responses",
+        action="store_true",
+        help="also answer POST …/responses over plain HTTP (SSE or JSON)",
+    )
+    parser.add_argument(
+        "--handshake-delay",
+        type=float,
+        default=0.0,
+        help="seconds before answering a websocket upgrade (or a new HTTP connection)",
+    )
+    parser.add_argument(
+        "--input-cost-ms-per-kb",
+        type=float,
+        default=0.0,
+        help="milliseconds slept before response.created per KB of input new to the socket",
+    )
     args = parser.parse_args(argv)
+    options = {
+        "http_responses": args.http_responses,
+        "handshake_delay": args.handshake_delay,
+        "input_cost_ms_per_kb": args.input_cost_ms_per_kb,
+    }
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.port, args.directives))
+        asyncio.run(_serve(args.port, args.directives, **options))
     return 0
 
 
