@@ -24,7 +24,10 @@ def full_history_turn(
     kwargs: dict[str, Any] = {"model": "m", "input": list(history), "store": False, **extra}
     if stream:
         raw = client.responses.with_raw_response.create(stream=True, **kwargs)
-        response = next(e.response for e in raw.parse() if e.type == "response.completed")
+        # Read the stream to its end: an abandoned generator closed later by the garbage
+        # collector can deadlock httpx's connection pool.
+        events = list(raw.parse())
+        response = next(e.response for e in events if e.type == "response.completed")
     else:
         raw = client.responses.with_raw_response.create(**kwargs)
         response = raw.parse()
