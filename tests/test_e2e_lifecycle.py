@@ -57,11 +57,20 @@ def test_hot_reload_leaks_no_sockets(
 ) -> None:
     script = tmp_path / "bridge.py"
     shutil.copy(ADDON, script)
-    bridge = Mitmdump(["--mode", f"reverse:http://127.0.0.1:{fake.port}"], tmp_path, script=script)
+    bridge = Mitmdump(
+        [
+            "--mode",
+            f"reverse:http://127.0.0.1:{fake.port}",
+            "--set",
+            "responses_bridge_warm_sockets=1",
+        ],
+        tmp_path,
+        script=script,
+    )
     try:
         client = openai.OpenAI(base_url=bridge.base_url, api_key="k", max_retries=0)
         first = client.responses.create(model="m", input="one", store=False)
-        assert fake.open_sockets == 1
+        wait_until(lambda: fake.open_sockets == 2)  # the chain's socket and a warm one
         loaded = len([line for line in bridge.lines if "answering bridged requests" in line])
         future = time.time() + 5
         os.utime(script, (future, future))
