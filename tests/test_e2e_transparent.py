@@ -275,6 +275,8 @@ def transparent(net: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iter
             f"ssl_verify_upstream_trusted_ca={net.ca}",
             "--set",
             "responses_bridge_idle_timeout=10",
+            "--set",
+            "responses_bridge_warm_sockets=0",  # the test counts upstream connections
         ],
         tmp_path_factory.mktemp("mitmproxy-conf-transparent"),
         prefix=["ip", "netns", "exec", net.proxy],
@@ -356,7 +358,14 @@ def test_local_capture_mode_bridges_a_local_process(tmp_path: Path) -> None:
     with topology(tmp_path) as made:
         before = made.counts()
         bridge = Mitmdump(
-            ["--mode", f"local:{name}", "--set", f"ssl_verify_upstream_trusted_ca={made.ca}"],
+            [
+                "--mode",
+                f"local:{name}",
+                "--set",
+                f"ssl_verify_upstream_trusted_ca={made.ca}",
+                "--set",
+                "responses_bridge_warm_sockets=0",
+            ],
             confdir,
             prefix=["ip", "netns", "exec", made.client],
             ready_pattern=r"Local redirector started",
