@@ -52,6 +52,7 @@ class IncomingRequest:
     target: str
     headers: list[tuple[str, str]]
     body: bytes
+    version: str = "HTTP/1.1"
 
     def header(self, name: str) -> str | None:
         lower = name.lower()
@@ -68,6 +69,7 @@ class ResponseWriter:
     status: int | None = None
     bytes_sent: int = 0
     on_chunk: Callable[[bytes], None] | None = field(default=None, repr=False)
+    chunked: bool = True  # False for an HTTP/1.0 request: the body ends when the connection does
 
     def _head(self, status: int, headers: list[tuple[str, str]]) -> bytes:
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
@@ -94,13 +96,14 @@ class ResponseWriter:
         """Send the head of a chunked response; the status is committed from here on."""
         assert not self.started, "response already started"
         self.started, self.status = True, status
-        self.stream.write(self._head(status, [*headers, ("transfer-encoding", "chunked")]))
+        framing = ("transfer-encoding", "chunked") if self.chunked else ("connection", "close")
+        self.stream.write(self._head(status, [*headers, framing]))
 
     async def write(self, data: bytes) -> None:
         """Send one chunk and wait until the transport can take more (backpressure)."""
         if not data:
             return
-        self.stream.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self.stream.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
         self.bytes_sent += len(data)
         if self.on_chunk is not None:
             self.on_chunk(data)
@@ -116,6 +119,9 @@ class ResponseWriter:
         if self.finished:
             return
         self.finished = True
+        if not self.chunked:
+            self.stream.close()  # a close-delimited body ends here
+            return
         self.stream.write(b"0\r\n\r\n")
         await self.stream.drain()
 
@@ -207,6 +213,7 @@ class LoopbackServer:
             return False
         if request is None:
             return False
+        response.chunked = request.version != "HTTP/1.0"
         try:
             await self._handler(request, response)
         except Exception:
@@ -222,6 +229,8 @@ class LoopbackServer:
                 return False
         if not response.finished or writer.transport.is_closing():
             return False  # unfinished, or abort()ed: never serve a request buffered behind it
+        if request.version == "HTTP/1.0":
+            return False
         return (request.header("connection") or "").lower() != "close"
 
     async def _read_request(self, reader: asyncio.StreamReader) -> IncomingRequest | None:
@@ -235,7 +244,7 @@ class LoopbackServer:
             raise _BadRequest(431, "Request head too large.") from exc
         lines = head.decode("latin-1").split("\r\n")
         try:
-            method, target, _version = lines[0].split(" ", 2)
+            method, target, version = lines[0].split(" ", 2)
         except ValueError as exc:
             raise _BadRequest(400, "Malformed request line.") from exc
         headers = []
@@ -246,7 +255,7 @@ class LoopbackServer:
             if not sep:
                 raise _BadRequest(400, "Malformed header line.")
             headers.append((name.strip(), value.strip()))
-        request = IncomingRequest(method, target, headers, b"")
+        request = IncomingRequest(method, target, headers, b"", version.strip())
         secret = (request.header(SECRET_HEADER) or "").encode()
         if not hmac.compare_digest(secret, self._secret):
             raise _BadRequest(
