@@ -44,6 +44,7 @@ from responses_bridge.upstream import UpstreamSocket, open_socket
 logger = logging.getLogger(__name__)
 
 _MAX_EVENTS_BEFORE_CREATED = 1000
+_MAX_BATCH_BYTES = 64 * 1024
 
 
 async def answer(
@@ -78,6 +79,10 @@ async def answer(
             session = plan.session or await registry.open(
                 turn.owner, exchange.upstream_url, connect
             )
+            if settings.stateful:
+                # Refill the warm pool while this turn runs, so the next fresh request of this
+                # owner finds a socket already open.
+                registry.keep_warm(turn.owner, exchange.upstream_url, connect)
             exchange.socket_state = plan.label
             exchange.socket_age = registry.clock() - session.opened_at
             exchange.events = 0
@@ -120,9 +125,6 @@ async def answer(
                 attempt["socket_end"] = (
                     {"retained_as": retain_as} if retain_as else socket.end_state()
                 )
-            if settings.stateful:
-                # The next fresh request of this owner finds a socket already open.
-                registry.keep_warm(turn.owner, exchange.upstream_url, connect)
             return
     except BridgeError as exc:
         exchange.error = f"{type(exc).__name__}: {exc.message}"
@@ -197,16 +199,39 @@ async def relay_stream(
     folder = ResponseFolder()
     held: list[tuple[dict[str, Any], str | None]] = []
 
+    batch: list[bytes] = []
+    batch_bytes = 0
+
     async def forward(event: dict[str, Any], raw: str | None) -> None:
+        # Frames that are already waiting go out in one write: each write is a chunk that
+        # mitmproxy handles on its own, which dominates the cost of a fast stream.
+        nonlocal batch_bytes
         fixed, changed = folder.feed(event)
         fixed, shown = _show_previous(fixed, plan)
-        await sink.write(sse.encode_event(fixed, None if changed or shown else raw))
+        frame = sse.encode_event(fixed, None if changed or shown else raw)
+        batch.append(frame)
+        batch_bytes += len(frame)
+        if batch_bytes >= _MAX_BATCH_BYTES or not socket.has_pending():
+            await flush()
+
+    async def flush() -> None:
+        nonlocal batch_bytes
+        if batch:
+            data = b"".join(batch)
+            batch.clear()
+            batch_bytes = 0
+            await sink.write(data)
 
     while True:
-        event, raw = await _next_event(socket, sink, exchange)
+        try:
+            event, raw = await _next_event(socket, sink, exchange)
+        except BridgeError:
+            await flush()  # what was relayed so far goes out before the error
+            raise
         kind = classify(event)
         if kind is EventKind.VENDOR:
             if sink.started and settings.forward_vendor_events:
+                await flush()
                 await sink.write(sse.encode_event(event, raw))
             continue
         if kind is EventKind.ERROR:
@@ -215,6 +240,7 @@ async def relay_stream(
                 raise failure
             sequence = event.get("sequence_number")
             error_event = sse.error_event(failure, sequence if isinstance(sequence, int) else None)
+            await flush()
             await sink.write(sse.encode_event(error_event))
             await sink.end_stream()
             exchange.error = f"upstream error: {failure.message}"
@@ -242,6 +268,7 @@ async def relay_stream(
                 continue
         await forward(event, raw)
         if kind is EventKind.TERMINAL:
+            await flush()
             await sink.end_stream()
             return folder
 

@@ -242,6 +242,12 @@ class Registry:
         """A socket for a fresh turn: a warm one if there is one, else reserve capacity (closing
         warm, then least recently used idle sockets if full) and connect."""
         warm = self._take_warm(owner, upstream)
+        warming = self._warming.get((owner, upstream))
+        if warm is None and warming is not None:
+            # A warm-up is already connecting: it started earlier, so it is ready sooner
+            # than a connection started now.
+            await asyncio.wait([warming], timeout=5)
+            warm = self._take_warm(owner, upstream)
         if warm is not None:
             return warm
         while len(self._sessions) + self._connecting >= self.limits.max_sessions:

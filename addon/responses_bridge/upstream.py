@@ -95,6 +95,15 @@ class UpstreamSocket:
             "CLOSED",
         )
 
+    def has_pending(self) -> bool:
+        """True when a received message is already waiting (so a write can wait for it and
+        carry both). Reads the library's queue; without it, answers False (no batching)."""
+        frames = getattr(getattr(self._connection, "recv_messages", None), "frames", None)
+        try:
+            return bool(frames is not None and len(frames) > 0)
+        except TypeError:
+            return False
+
     def end_state(self) -> dict[str, Any]:
         """How the socket ended (for inspection): close code and reason, when known."""
         return {
