@@ -13,15 +13,7 @@ import openai
 
 from tests.conftest import StartBridge
 from tests.fake_upstream import FakeUpstream
-from tests.harness import ADDON, Mitmdump
-
-
-def wait_until(predicate: object, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
+from tests.harness import ADDON, Mitmdump, wait_until
 
 
 def abort_mid_stream(bridge: Mitmdump) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import StartBridge
 from tests.fake_upstream import FakeUpstream
-from tests.harness import Mitmdump
+from tests.harness import Mitmdump, wait_until
 
 
 def client_for(bridge: Mitmdump, key: str = "sk-owner-a") -> openai.OpenAI:
@@ -49,14 +49,6 @@ def turn(
 def context_count(response: Any) -> int:
     text = response.output_text
     return int(text.split("| context: ")[1].split(" user messages")[0])
-
-
-def wait_until(predicate: Any, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("pattern", ["json", "stream", "mixed"])

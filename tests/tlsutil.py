@@ -117,18 +117,10 @@ def tls_terminator(
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _track(writer)
-        with contextlib.suppress(Exception):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         info["handshakes"] = int(info["handshakes"]) + 1  # type: ignore[call-overload]
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
     async def main() -> None:
         server = await asyncio.start_server(handle, host, port, ssl=context)
@@ -158,18 +150,10 @@ def tcp_forwarder(
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _track(writer)
-        with contextlib.suppress(Exception):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         info["connections"] += 1
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
     async def main() -> None:
         try:
@@ -211,3 +195,13 @@ _TRANSPORTS: dict[asyncio.AbstractEventLoop, set[asyncio.BaseTransport]] = {}
 def _track(writer: asyncio.StreamWriter) -> None:
     loop = asyncio.get_running_loop()
     _TRANSPORTS.setdefault(loop, set()).add(writer.transport)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction of a forwarded connection until it ends."""
+    _track(writer)
+    with contextlib.suppress(Exception):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
