@@ -198,6 +198,11 @@ class ResponsesBridge:
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
+        # mitmproxy puts the root logger at DEBUG and filters in its handlers, so without this
+        # logger.isEnabledFor(DEBUG) is always true: every relayed frame would be formatted and
+        # pushed through an add_log hook over all addons (half the proxy's CPU on a fast stream).
+        debug = getattr(opts, "termlog_verbosity", "info") == "debug"
+        logger.setLevel(logging.DEBUG if debug else logging.INFO)
         if opts.responses_bridge_chatgpt_compat not in ("auto", "on", "off"):
             raise exceptions.OptionsError(
                 "responses_bridge_chatgpt_compat must be auto, on or off, not "

@@ -23,8 +23,11 @@ Figures (medians over the runs, with min and max):
 5. memory: mitmdump's RSS per retained idle session, over 500 sessions.
 
 Prints a table and the command line, writes ``bench.json`` and ``bench.png`` (figures 1-3) to
-``--out`` (default ``docs/``). ``--quick`` is a smoke check (about 40 s). Run it as
-``scripts/bench [--runs N] [--quick] [--out DIR]``.
+``--out`` (default ``docs/``). ``--quick`` is a smoke check (about 40 s); the default run takes
+about 1.5-2 minutes on two cores. ``--figures 13`` runs a subset, ``--addon PATH`` measures a
+patched copy of ``bridge.py`` (its ``responses_bridge`` package is imported from beside it), and
+``--bridge-set NAME=VALUE`` passes an option to the bridging mitmdump. Run it as
+``scripts/bench [--runs N] [--quick] [--out DIR] ...``.
 """
 
 from __future__ import annotations
@@ -146,7 +149,7 @@ def stack(
     )
     reverse = ["--mode", f"reverse:http://127.0.0.1:{fake.port}"]
     bridge_args = [*reverse]
-    for option in bridge_options:
+    for option in (*cfg.bridge_set, *bridge_options):
         bridge_args += ["--set", option]
     plans = {
         # Without stream_large_bodies mitmproxy buffers a whole SSE answer (mitmproxy#4469).
@@ -393,6 +396,7 @@ class Config:
     confdir: Path
     script: Path = ADDON
     figures: str = "12345"
+    bridge_set: tuple[str, ...] = ()
     commands: dict[str, str] = field(default_factory=dict)
 
 
@@ -610,6 +614,8 @@ async def figure_memory(cfg: Config) -> Json:
                     "--set",
                     f"responses_bridge_max_sessions={cfg.sessions + 100}",
                 ]
+                for option in cfg.bridge_set:
+                    args += ["--set", option]
             else:
                 args = [*reverse, "--set", "stream_large_bodies=1"]
             proxy = await asyncio.to_thread(
@@ -997,6 +1003,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--figures", default="12345", help="which figures to run, e.g. 13 (default: all)"
     )
+    parser.add_argument(
+        "--bridge-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a mitmproxy option for the bridging mitmdump (repeatable), e.g. "
+        "responses_bridge_warm_sockets=2",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     runs = args.runs or (5 if quick else 30)
@@ -1019,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
         confdir=tmp / "mitmproxy",
         script=args.addon.resolve(),
         figures=args.figures,
+        bridge_set=tuple(args.bridge_set),
     )
     command = shlex.join(["scripts/bench", *(argv if argv is not None else sys.argv[1:])])
     env = environment()

@@ -104,6 +104,17 @@ class UpstreamSocket:
         except TypeError:
             return False
 
+    def _whole_message_waiting(self) -> bool:
+        """True when a complete (unfragmented) message is queued; False when unsure."""
+        frames = getattr(getattr(self._connection, "recv_messages", None), "frames", None)
+        queue = getattr(frames, "queue", None)
+        if not queue:
+            return False
+        try:
+            return getattr(queue[0], "fin", False) is True
+        except (TypeError, IndexError):
+            return False
+
     def end_state(self) -> dict[str, Any]:
         """How the socket ended (for inspection): close code and reason, when known."""
         return {
@@ -129,8 +140,13 @@ class UpstreamSocket:
         with a string ``type``.
         """
         try:
-            async with asyncio.timeout(idle_timeout):
+            if self._whole_message_waiting():
+                # recv() returns at once: no timer (arming one per frame costs a fifth of the
+                # relay's CPU on a fast stream).
                 message = await self._connection.recv()
+            else:
+                async with asyncio.timeout(idle_timeout):
+                    message = await self._connection.recv()
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"The upstream sent nothing for {idle_timeout:g} s (responses_bridge_idle_timeout)."
