@@ -57,7 +57,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 
-from tests.harness import ADDON, Mitmdump  # noqa: E402
+from tests.harness import ADDON, Mitmdump, stop_process  # noqa: E402
 
 Json = dict[str, Any]
 MODES = ("direct", "passthrough", "bridge")
@@ -114,13 +114,7 @@ class FakeProcess:
         return f"ws://127.0.0.1:{self.port}/v1/responses"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         self._log.close()
 
 

@@ -101,13 +101,7 @@ class Mitmdump:
         raise AssertionError(f"no log line matching {pattern!r} in:\n{self.output}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10, what: str = "") -> None:
@@ -117,3 +111,14 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"not reached in {timeout} s: {what or 'condition'}")
         time.sleep(0.02)
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    """Terminate a child process, killing it if it does not exit within 10 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)

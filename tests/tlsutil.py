@@ -10,8 +10,9 @@ import datetime
 import ipaddress
 import ssl
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -130,13 +131,8 @@ def tls_terminator(
             async with server:
                 await server.serve_forever()
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
-    thread.start()
-    ready.wait(10)
-    try:
+    with _running(loop, main(), ready):
         yield info
-    finally:
-        _shut_down(loop, thread)
 
 
 @contextlib.contextmanager
@@ -165,11 +161,20 @@ def tcp_forwarder(
             async with server:
                 await server.serve_forever()
 
-    thread = threading.Thread(target=loop.run_until_complete, args=(main(),), daemon=True)
+    with _running(loop, main(), ready):
+        yield info
+
+
+@contextlib.contextmanager
+def _running(
+    loop: asyncio.AbstractEventLoop, main: Coroutine[Any, Any, None], ready: threading.Event
+) -> Iterator[None]:
+    """Run ``main`` on ``loop`` in a daemon thread until the block ends."""
+    thread = threading.Thread(target=loop.run_until_complete, args=(main,), daemon=True)
     thread.start()
     ready.wait(10)
     try:
-        yield info
+        yield
     finally:
         _shut_down(loop, thread)
 
