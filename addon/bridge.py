@@ -22,13 +22,17 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import UpstreamMode
 
 from responses_bridge import relay, report, sessions, translate, view
-from responses_bridge.exchange import Exchange, Settings
+from responses_bridge.exchange import ClientSink, Exchange, Settings
 from responses_bridge.server import SECRET_HEADER, IncomingRequest, LoopbackServer, ResponseWriter
 
 logger = logging.getLogger("responses_bridge")
 
 FLOW_HEADER = "x-responses-bridge-flow"
 _INTERNAL_HEADERS = (SECRET_HEADER, FLOW_HEADER)
+# How long a turn started from the ``request`` hook waits for mitmproxy to deliver the request to
+# the loopback server (normally well under a millisecond; a flow that never gets there is ended
+# earlier by the ``response``/``error`` hooks).
+_ATTACH_TIMEOUT = 30.0
 
 
 class _Original(NamedTuple):
@@ -55,6 +59,22 @@ def _seconds(name: str, value: str, *, allow_zero: bool = False) -> float:
     return seconds
 
 
+class ResponsesBridgeEarlyStart:
+    """Added at the very end of mitmproxy's addon chain: once every other addon has seen (and
+    may have changed) a bridged request, start its upstream turn right away, so the websocket
+    round trip overlaps mitmproxy's hand-over of the request to the loopback server."""
+
+    def __init__(self, bridge: ResponsesBridge) -> None:
+        self._bridge = bridge
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        exchange = self._bridge.start_early(flow)
+        if exchange is not None:
+            # Hold this flow's hook (not mitmproxy) until the frame is sent: otherwise the turn's
+            # first step queues behind mitmproxy's own per-hook work for this flow.
+            await exchange.dispatched.wait()
+
+
 class ResponsesBridge:
     """Bridges Responses API requests onto the upstream's websocket mode."""
 
@@ -72,6 +92,7 @@ class ResponsesBridge:
         self._sweeper: asyncio.Task[None] | None = None
         self._host_patterns: tuple[str, ...] = ()
         self._settings = Settings()
+        self._early_start = ResponsesBridgeEarlyStart(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -268,6 +289,8 @@ class ResponsesBridge:
                 self._server.serve(), name="responses-bridge loopback server"
             )
             logger.info("responses-bridge: answering bridged requests from 127.0.0.1:%d", port)
+        if self._early_start not in ctx.master.addons:
+            ctx.master.addons.add(self._early_start)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(
                 self._sweep_forever(), name="responses-bridge session sweeper"
@@ -275,6 +298,8 @@ class ResponsesBridge:
 
     def done(self) -> Awaitable[Any]:
         view.unregister(self._view)
+        if self._early_start in ctx.master.addons:
+            ctx.master.addons.remove(self._early_start)
         if self._stats.requests:
             logger.info("responses-bridge: counters %s", json.dumps(self._stats.as_dict()))
         tasks = [e.task for e in self._exchanges.values() if e.task is not None]
@@ -336,6 +361,8 @@ class ResponsesBridge:
         exchange = self._exchanges.pop(flow.id, None)
         if exchange is None:
             return
+        if exchange.sink is not None and not exchange.sink.attached:
+            exchange.client_gone()  # answered by something else: never reached the bridge
         assert flow.response is not None
         if flow.response.raw_content is None and exchange.stream:
             flow.response.content = bytes(exchange.sse_body)
@@ -373,9 +400,60 @@ class ResponsesBridge:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def start_early(self, flow: http.HTTPFlow) -> Exchange | None:
+        """Start a bridged flow's upstream turn from the end of the ``request`` hooks, when
+        mitmproxy is about to send exactly this request to the loopback server."""
+        exchange = self._exchanges.get(flow.id)
+        request = flow.request
+        if (
+            exchange is None
+            or exchange.task is not None
+            or flow.response is not None
+            or flow.intercepted  # the user may still edit it in mitmweb
+            or not flow.live
+            or request.raw_content is None  # a streamed request body
+            or len(request.raw_content) > exchange.settings.max_body_bytes
+            or (request.host, request.port) != ("127.0.0.1", self._server.port)
+            or request.headers.get(SECRET_HEADER) != self._secret
+        ):
+            return None  # the loopback server starts it when the request arrives, as usual
+        incoming = IncomingRequest(
+            request.method,
+            request.path,
+            list(request.headers.items(multi=True)),
+            request.raw_content,
+            request.http_version,
+        )
+        sink = ClientSink(exchange, attach_timeout=_ATTACH_TIMEOUT)
+        exchange.sink = sink
+        task = asyncio.get_running_loop().create_task(
+            self._answer_early(exchange, incoming, sink), name="responses-bridge turn"
+        )
+        task.add_done_callback(lambda _task: exchange.dispatched.set())  # even if cancelled
+        exchange.task = task
+        return exchange
+
+    async def _answer_early(
+        self, exchange: Exchange, request: IncomingRequest, sink: ClientSink
+    ) -> None:
+        try:
+            await relay.answer(exchange, request, sink, self._registry)
+        except Exception:
+            logger.exception("responses-bridge: internal error while answering a request")
+            exchange.dispatched.set()
+            if not sink.started:
+                await sink.send_json(500, _internal_error_body(), [])
+
     async def _serve(self, request: IncomingRequest, writer: ResponseWriter) -> None:
         flow_id = request.header(FLOW_HEADER) or ""
         exchange = self._exchanges.get(flow_id)
+        if exchange is not None and exchange.task is not None:
+            sink = exchange.sink
+            if sink is not None and not sink.attached and not exchange.task.done():
+                sink.attach(writer)  # the turn already runs (start_early): it writes here now
+                await exchange.task
+                return
+            exchange = None
         if exchange is None:
             await writer.send_json(
                 404,
@@ -390,7 +468,8 @@ class ResponsesBridge:
             )
             return
         exchange.task = asyncio.current_task()
-        await relay.answer(exchange, request, writer, self._registry)
+        sink = ClientSink(exchange, writer, attach_timeout=_ATTACH_TIMEOUT)
+        await relay.answer(exchange, request, sink, self._registry)
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -460,6 +539,17 @@ class ResponsesBridge:
         if exchange.error:
             line += f" · {exchange.error}"
         logger.info(line)
+
+
+def _internal_error_body() -> dict[str, Any]:
+    return {
+        "error": {
+            "message": "Internal error in responses-bridge; see the proxy log.",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
 
 
 def _upstream_proxy(flow: http.HTTPFlow) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,9 @@ class Exchange:
     error_code: str | None = None
     retried: bool = False
     last_event_at: float = field(default_factory=time.monotonic)
+    # Set once the turn's frame is on the wire (or the turn will send none): an early-started
+    # turn holds mitmproxy's request hook until then, so the send is not queued behind it.
+    dispatched: asyncio.Event = field(default_factory=asyncio.Event)
 
     def duration(self) -> float:
         return (self.finished or time.monotonic()) - self.started
@@ -84,7 +88,8 @@ class Exchange:
             self.rate_limits = event
 
     def bytes_relayed(self) -> int:
-        return self.sink.writer.bytes_sent if self.sink is not None else 0
+        writer = self.sink.writer if self.sink is not None else None
+        return writer.bytes_sent if writer is not None else 0
 
     def inspection(self) -> dict[str, Any]:
         """The websocket side of this request, for ``flow.metadata`` (no credentials in it)."""
@@ -108,24 +113,59 @@ class Exchange:
 
 class ClientSink:
     """The client side of one exchange; after the client leaves, writes are dropped and the
-    upstream is read on (draining) for at most ``drain_timeout`` seconds."""
+    upstream is read on (draining) for at most ``drain_timeout`` seconds.
 
-    def __init__(self, writer: ResponseWriter, exchange: Exchange) -> None:
-        self.writer = writer
+    A sink may be made before the loopback request it answers has arrived (the addon starts the
+    upstream turn as soon as mitmproxy has the whole request): writes then wait, at most
+    ``attach_timeout`` seconds, for ``attach``."""
+
+    def __init__(
+        self, exchange: Exchange, writer: ResponseWriter | None = None, *, attach_timeout: float
+    ) -> None:
         self.exchange = exchange
+        self.writer: ResponseWriter | None = None
         self.gone = False
+        self._committed = False  # a stream was started, even if the client had already left
+        self.on_chunk: Callable[[bytes], None] | None = None
+        self._attached = asyncio.Event()
+        self._attach_timeout = attach_timeout
         self._deadline: float | None = None
+        if writer is not None:
+            self.attach(writer)
+
+    @property
+    def attached(self) -> bool:
+        return self.writer is not None
 
     @property
     def started(self) -> bool:
-        return self.writer.started
+        return self._committed or (self.writer is not None and self.writer.started)
+
+    @property
+    def finished(self) -> bool:
+        return self.writer is not None and self.writer.finished
+
+    @property
+    def status(self) -> int | None:
+        return self.writer.status if self.writer is not None else None
+
+    def attach(self, writer: ResponseWriter) -> None:
+        """Connect the loopback response this sink writes to."""
+        self.writer = writer
+        writer.on_chunk = self.on_chunk
+        if self.gone:
+            writer.abort()
+        self._attached.set()
 
     def leave(self) -> None:
         if self.gone:
             return
         self.gone = True
         self._deadline = time.monotonic() + self.exchange.settings.drain_timeout
-        self.writer.abort()
+        if self.writer is not None:
+            self.writer.abort()
+        self._attached.set()  # nothing waits for a writer that will not come
+        self.exchange.dispatched.set()
 
     def drain_remaining(self) -> float:
         """Seconds left to drain after the client left (infinite while it is here)."""
@@ -133,24 +173,39 @@ class ClientSink:
             return float("inf")
         return self._deadline - time.monotonic()
 
-    async def _guard(self, coroutine: Any) -> None:
-        if self.gone:
-            coroutine.close()
+    async def _ready(self) -> ResponseWriter | None:
+        if self.writer is None and not self.gone:
+            self.exchange.dispatched.set()  # the hook that brings the writer must not wait
+            try:
+                await asyncio.wait_for(self._attached.wait(), self._attach_timeout)
+            except TimeoutError:
+                self.leave()
+        return None if self.gone else self.writer
+
+    async def _guard(self, write: Callable[[ResponseWriter], Awaitable[None]]) -> None:
+        writer = await self._ready()
+        if writer is None:
             return
         try:
-            await coroutine
+            await write(writer)
         except (ConnectionError, OSError):
             self.leave()
 
+    def stream_chunks_to(self, on_chunk: Callable[[bytes], None]) -> None:
+        """Also hand every streamed chunk to ``on_chunk`` (the flow keeps the SSE body)."""
+        self.on_chunk = on_chunk
+        if self.writer is not None:
+            self.writer.on_chunk = on_chunk
+
     async def start_stream(self, headers: list[tuple[str, str]]) -> None:
-        await self._guard(self.writer.start_stream(200, SSE_HEADERS + headers))
-        self.writer.started = True
+        self._committed = True
+        await self._guard(lambda w: w.start_stream(200, SSE_HEADERS + headers))
 
     async def write(self, data: bytes) -> None:
-        await self._guard(self.writer.write(data))
+        await self._guard(lambda w: w.write(data))
 
     async def end_stream(self) -> None:
-        await self._guard(self.writer.end_stream())
+        await self._guard(lambda w: w.end_stream())
 
     async def send_json(self, status: int, payload: Any, headers: list[tuple[str, str]]) -> None:
-        await self._guard(self.writer.send_json(status, payload, headers))
+        await self._guard(lambda w: w.send_json(status, payload, headers))

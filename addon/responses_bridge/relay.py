@@ -31,7 +31,7 @@ from responses_bridge.errors import (
 from responses_bridge.exchange import ClientSink, Exchange
 from responses_bridge.planning import Plan
 from responses_bridge.report import rate_limit_headers
-from responses_bridge.server import IncomingRequest, ResponseWriter
+from responses_bridge.server import IncomingRequest
 from responses_bridge.sessions import Registry
 from responses_bridge.translate import (
     chatgpt_compat_enabled,
@@ -48,16 +48,16 @@ _MAX_BATCH_BYTES = 64 * 1024
 
 
 async def answer(
-    exchange: Exchange, request: IncomingRequest, writer: ResponseWriter, registry: Registry
+    exchange: Exchange, request: IncomingRequest, sink: ClientSink, registry: Registry
 ) -> None:
-    """Answer ``request`` on ``writer`` through the upstream's websocket mode."""
+    """Answer ``request`` into ``sink`` through the upstream's websocket mode."""
     settings = exchange.settings
-    sink = exchange.sink = ClientSink(writer, exchange)
+    exchange.sink = sink
     try:
         client = parse_client_request(request.body, max_bytes=settings.max_body_bytes)
         exchange.stream = client.stream
         if client.stream:
-            writer.on_chunk = exchange.sse_body.extend  # kept for the flow once it finishes
+            sink.stream_chunks_to(exchange.sse_body.extend)  # kept for the flow once it finishes
         compat = chatgpt_compat_enabled(settings.chatgpt_compat, exchange.upstream_url)
         turn = planning.turn(client, compat, registry.owner_of(request.headers), settings)
         connect = partial(
@@ -98,6 +98,7 @@ async def answer(
                         if logger.isEnabledFor(logging.DEBUG):
                             logger.debug("responses-bridge: ws > %s", sse.dumps(plan.frame)[:500])
                         await socket.send_event(plan.frame)
+                        exchange.dispatched.set()
                         relay = relay_stream if client.stream else relay_json
                         folder = await relay(socket, sink, exchange, plan)
                     except BridgeError as exc:
@@ -131,11 +132,12 @@ async def answer(
         exchange.error_code = exc.code or type(exc).__name__
         if not sink.started:
             await sink.send_json(exc.status, exc.body(), list(exc.headers.items()))
-        elif not writer.finished:
+        elif not sink.finished:
             await sink.write(sse.encode_event(sse.error_event(exc)))
             await sink.end_stream()
     finally:
-        exchange.status = writer.status
+        exchange.dispatched.set()
+        exchange.status = sink.status
         exchange.finished = time.monotonic()
 
 

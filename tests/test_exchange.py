@@ -1,0 +1,92 @@
+"""ClientSink: a turn may start before the loopback request it answers arrives (the addon starts
+it from the end of mitmproxy's request hooks); its writes wait for the writer, never forever."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from responses_bridge.exchange import ClientSink, Exchange, Settings
+from responses_bridge.server import ResponseWriter
+
+
+@asynccontextmanager
+async def loopback_writer() -> AsyncIterator[tuple[ResponseWriter, asyncio.StreamReader]]:
+    """A ResponseWriter on one end of a real socket pair, and a reader on the other."""
+    ours, theirs = socket.socketpair()
+    _r, writer = await asyncio.open_connection(sock=ours)
+    reader, peer = await asyncio.open_connection(sock=theirs)
+    try:
+        yield ResponseWriter(writer), reader
+    finally:
+        writer.close()
+        peer.close()
+
+
+def exchange(**settings: float) -> Exchange:
+    return Exchange("flow-1", "ws://127.0.0.1:1/v1/responses", Settings(**settings))  # type: ignore[arg-type]
+
+
+async def test_writes_wait_for_attach_and_go_out_in_order() -> None:
+    ex = exchange()
+    sink = ex.sink = ClientSink(ex, attach_timeout=5)
+    chunks: list[bytes] = []
+    sink.stream_chunks_to(chunks.append)
+    assert not sink.attached and not sink.started and sink.status is None
+
+    async def turn() -> None:
+        await sink.start_stream([("x-test", "1")])
+        await sink.write(b"event: a\ndata: {}\n\n")
+        await sink.end_stream()
+
+    task = asyncio.create_task(turn())
+    await asyncio.sleep(0.05)
+    assert not task.done()  # waiting for the writer
+    assert ex.dispatched.is_set()  # and says so, so the request hook lets mitmproxy go on
+    async with loopback_writer() as (writer, reader):
+        sink.attach(writer)
+        await asyncio.wait_for(task, 5)
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await reader.readuntil(b"0\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"x-test: 1" in head
+    assert b"event: a" in body
+    assert chunks == [b"event: a\ndata: {}\n\n"]
+    assert sink.started and sink.finished and sink.status == 200
+    assert ex.bytes_relayed() == len(chunks[0])
+
+
+async def test_attached_sink_writes_at_once() -> None:
+    async with loopback_writer() as (writer, reader):
+        sink = ClientSink(exchange(), writer, attach_timeout=5)
+        assert sink.attached
+        await sink.send_json(400, {"error": {"message": "bad"}}, [])
+        head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert sink.status == 400 and sink.finished
+
+
+async def test_leaving_before_attach_releases_waiters_and_aborts_the_late_writer() -> None:
+    ex = exchange(drain_timeout=7.0)
+    sink = ClientSink(ex, attach_timeout=60)
+    task = asyncio.create_task(sink.send_json(200, {"ok": True}, []))
+    await asyncio.sleep(0.02)
+    sink.leave()
+    await asyncio.wait_for(task, 1)  # returns at once: nothing to write to
+    assert sink.gone and not sink.attached
+    assert 6.0 < sink.drain_remaining() <= 7.0
+    async with loopback_writer() as (writer, reader):
+        sink.attach(writer)  # the loopback request arrived after all: dropped
+        assert writer.finished
+        assert await reader.read() == b""
+
+
+async def test_a_writer_that_never_comes_counts_as_a_client_that_left() -> None:
+    ex = exchange()
+    sink = ex.sink = ClientSink(ex, attach_timeout=0.05)
+    await asyncio.wait_for(sink.start_stream([]), 2)
+    assert sink.gone
+    assert sink.started  # committed: the relay must not try to answer with JSON afterwards
+    await sink.write(b"dropped")
+    assert ex.bytes_relayed() == 0
