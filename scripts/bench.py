@@ -384,6 +384,7 @@ class Config:
     concurrency_rounds: int
     sessions: int
     handshake_delay: float
+    think: float  # seconds between the turns of figure 1
     figure_timeout: float
     out: Path
     tmp: Path
@@ -394,11 +395,19 @@ class Config:
     commands: dict[str, str] = field(default_factory=dict)
 
 
+LATENCY_KEYS = ("fresh_new_conn", "fresh_warm_conn", "follow_up", "fresh_back_to_back")
+
+
 async def figure_latency(cfg: Config, st: Stack) -> Json:
-    """Figure 1: time to first delta, fresh (new and warm connection) and follow-up."""
-    samples: dict[str, dict[str, list[float]]] = {
-        m: {"fresh_new_conn": [], "fresh_warm_conn": [], "follow_up": []} for m in MODES
-    }
+    """Figure 1: time to first delta of a fresh request (on a new and on a warm client
+    connection), of a follow-up, and of a fresh request sent right after another fresh one.
+
+    Turns are ``cfg.think`` seconds apart, as in an agent loop, where every turn lasts at least
+    a model's answer (the fake answers in milliseconds, far faster than any model). The last
+    one is sent with no pause: the bridge's pool of pre-opened sockets is then still refilling
+    (the worst case for a fresh request; ``responses_bridge_warm_sockets`` > 1 covers bursts).
+    """
+    samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k in LATENCY_KEYS} for m in MODES}
     states: dict[str, set[str]] = {m: set() for m in MODES}
     for mode in MODES:  # warm every path once (imports, first-connection costs)
         client = Client(mode, target(st, mode))
@@ -406,20 +415,24 @@ async def figure_latency(cfg: Config, st: Stack) -> Json:
         await client.close()
     for run in range(cfg.runs):
         for mode in rotated(run):
+            await asyncio.sleep(cfg.think)
             client = Client(mode, target(st, mode))
             try:
                 chain = Conversation(client)
                 fresh = await chain.say(f"Hello number {run}, how are you? fake:deltas=8")
+                await asyncio.sleep(cfg.think)
                 follow = await chain.say(f"And a follow-up to {run}. fake:deltas=8")
+                await asyncio.sleep(cfg.think)
                 other = await Conversation(client).say(f"A new topic {run}. fake:deltas=8")
+                burst = await Conversation(client).say(f"At once another {run}. fake:deltas=8")
             finally:
                 await client.close()
-            samples[mode]["fresh_new_conn"].append(fresh.ttfd)
-            samples[mode]["follow_up"].append(follow.ttfd)
-            samples[mode]["fresh_warm_conn"].append(other.ttfd)
+            for key, result in zip(LATENCY_KEYS, (fresh, other, follow, burst), strict=True):
+                samples[mode][key].append(result.ttfd)
             states[mode].update({f"fresh:{fresh.state}", f"follow:{follow.state}"})
     return {
         "unit": "ms",
+        "think_ms": cfg.think * 1000,
         "modes": {m: {k: summary(v, 1000) for k, v in samples[m].items()} for m in MODES},
         "bridge_socket_states": sorted(states["bridge"]),
         "raw_ms": {m: {k: [x * 1000 for x in v] for k, v in samples[m].items()} for m in MODES},
@@ -749,6 +762,7 @@ def table(results: Json) -> tuple[str, list[Json]]:
             ("fresh_new_conn", "1 TTFD fresh, new connection"),
             ("fresh_warm_conn", "1 TTFD fresh, warm connection"),
             ("follow_up", "1 TTFD follow-up"),
+            ("fresh_back_to_back", "1 TTFD fresh, right after a fresh"),
         ):
             rows.append((label, *(lat[m][key] for m in MODES), " ms", 1, False))
     thr = results.get("2_throughput", {}).get("modes")
@@ -871,8 +885,13 @@ def chart(results: Json, path: Path) -> bool:
     lat = results.get("1_latency", {}).get("modes")
     ax = axes[0]
     if lat:
-        keys = ("fresh_new_conn", "fresh_warm_conn", "follow_up")
-        names = ("fresh,\nnew connection", "fresh,\nwarm connection", "follow-up")
+        keys = LATENCY_KEYS
+        names = (
+            "fresh,\nnew connection",
+            "fresh,\nwarm connection",
+            "follow-up",
+            "fresh, right\nafter a fresh",
+        )
         width = 0.26
         for i, mode in enumerate(MODES):
             meds = [lat[mode][k]["median"] for k in keys]
@@ -988,6 +1007,12 @@ def main(argv: list[str] | None = None) -> int:
         help="simulated connection set-up per new upstream socket/connection (default 20)",
     )
     parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=50.0,
+        help="pause between the turns of figure 1, as in an agent loop (default 50)",
+    )
+    parser.add_argument(
         "--addon",
         type=Path,
         default=ADDON,
@@ -1021,6 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
         concurrency_rounds=1 if quick else max(3, runs // 10),
         sessions=100 if quick else 500,
         handshake_delay=args.handshake_delay_ms / 1000,
+        think=args.think_ms / 1000,
         figure_timeout=120.0 if quick else 240.0,
         out=args.out,
         tmp=tmp,
@@ -1038,7 +1064,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"  simulated connection set-up {cfg.handshake_delay * 1000:g} ms; figure 1 runs "
-        f"{cfg.runs}, figure 2 runs {cfg.throughput_runs}, figure 3 chains {cfg.chain_runs}, "
+        f"{cfg.runs} ({cfg.think * 1000:g} ms between turns), "
+        f"figure 2 runs {cfg.throughput_runs}, figure 3 chains {cfg.chain_runs}, "
         f"figure 4 rounds {cfg.concurrency_rounds}"
     )
     if cfg.script != ADDON:

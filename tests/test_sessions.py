@@ -746,6 +746,38 @@ async def test_warm_sockets_use_only_free_capacity_and_go_first() -> None:
     assert world.route("resp_a").route is Route.REUSE
 
 
+async def test_a_taken_warm_socket_is_replaced_at_capacity_by_evicting_the_lru_idle() -> None:
+    world = World(warm_sockets=1, max_sessions=3)
+    await world.retained("resp_old")
+    world.advance(1)
+    await world.retained("resp_new")
+    await warm_up(world)  # 3 of 3: two idle chains and the warm socket
+    assert world.registry.open_sockets == 3
+    taken = await world.open()
+    assert taken.socket is world.sockets[2]
+    await warm_up(world)  # full, but the taken socket is owed: the LRU chain makes room
+    await world.sockets[0].wait_closed()
+    assert len(world.sockets) == 4 and world.registry.open_sockets == 3
+    assert world.route("resp_old").route is not Route.REUSE
+    assert world.route("resp_new").route is Route.REUSE
+    await warm_up(world)  # nothing owed any more: the pool does not grow by evicting
+    assert len(world.sockets) == 4 and not world.sockets[1].closed
+
+
+async def test_a_pool_never_grows_by_evicting() -> None:
+    world = World(warm_sockets=3, max_sessions=2)
+    await world.retained("resp_a")
+    await warm_up(world)
+    taken = await world.open()  # owed one
+    assert taken.socket is world.sockets[1]
+    world.advance(1)
+    async with world.registry.lease(taken) as lease:
+        lease.retain_as = "resp_b"
+    await warm_up(world)  # replaces the taken one (evicting resp_a), then stops: full
+    assert world.registry.open_sockets == 2
+    assert world.route("resp_b").route is Route.REUSE
+
+
 async def test_expired_warm_sockets_are_swept_and_not_used() -> None:
     world = World(warm_sockets=1, session_ttl=10)
     await warm_up(world)

@@ -64,6 +64,7 @@ class Exchange:
     # Set once the turn's frame is on the wire (or the turn will send none): an early-started
     # turn holds mitmproxy's request hook until then, so the send is not queued behind it.
     dispatched: asyncio.Event = field(default_factory=asyncio.Event)
+    on_attempt_end: Callable[[], None] | None = None  # run once when an attempt ends
 
     def duration(self) -> float:
         return (self.finished or time.monotonic()) - self.started
@@ -86,6 +87,12 @@ class Exchange:
             )
         if event.get("type") == "codex.rate_limits":
             self.rate_limits = event
+
+    def attempt_ended(self) -> None:
+        """Run ``on_attempt_end`` if it is set (once)."""
+        callback, self.on_attempt_end = self.on_attempt_end, None
+        if callback is not None:
+            callback()
 
     def bytes_relayed(self) -> int:
         writer = self.sink.writer if self.sink is not None else None

@@ -80,9 +80,12 @@ async def answer(
                 turn.owner, exchange.upstream_url, connect
             )
             if settings.stateful:
-                # Refill the warm pool while this turn runs, so the next fresh request of this
-                # owner finds a socket already open.
-                registry.keep_warm(turn.owner, exchange.upstream_url, connect)
+                # Refill the warm pool so the next fresh request of this owner finds a socket
+                # already open; once this attempt is over, as a handshake's CPU would otherwise
+                # compete with relaying its answer (all on mitmproxy's one thread).
+                exchange.on_attempt_end = partial(
+                    registry.keep_warm, turn.owner, exchange.upstream_url, connect
+                )
             exchange.socket_state = plan.label
             exchange.socket_age = registry.clock() - session.opened_at
             exchange.events = 0
@@ -123,6 +126,7 @@ async def answer(
                         outputs = item_digests(folder.done_items())
                         lease.chain_key = chain_key(turn.fingerprint, turn.digests + outputs)
             finally:
+                exchange.attempt_ended()
                 attempt["socket_end"] = (
                     {"retained_as": retain_as} if retain_as else socket.end_state()
                 )

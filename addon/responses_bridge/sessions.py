@@ -144,6 +144,9 @@ class Registry:
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
     _warm: dict[tuple[str, str], list[Session]] = field(default_factory=dict)
     _warming: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
+    # Warm sockets handed out and not yet replaced, per pool: a replacement may evict the least
+    # recently used idle socket when the registry is full (a fresh request would evict it anyway).
+    _owed: dict[tuple[str, str], int] = field(default_factory=dict)
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -251,9 +254,7 @@ class Registry:
         if warm is not None:
             return warm
         while len(self._sessions) + self._connecting >= self.limits.max_sessions:
-            idle = self._oldest_warm() or min(
-                self._idle.values(), key=lambda s: s.last_used, default=None
-            )
+            idle = self._least_recent_idle()
             if idle is None:
                 raise CapacityExceeded(
                     f"All {self.limits.max_sessions} upstream sockets are busy "
@@ -281,8 +282,9 @@ class Registry:
     def keep_warm(
         self, owner: str, upstream: str, connect: Callable[[], Awaitable[ClosableSocket]]
     ) -> None:
-        """Top up this owner's pool of pre-opened sockets to ``warm_sockets`` in the background,
-        using only free capacity (a warm socket never evicts anything)."""
+        """Top up this owner's pool of pre-opened sockets to ``warm_sockets`` in the background.
+        A warm socket that was handed out is replaced even when the registry is full, by closing
+        the least recently used idle socket; growing the pool uses only free capacity."""
         key = (owner, upstream)
         if self.limits.warm_sockets <= 0 or key in self._warming:
             return
@@ -296,10 +298,13 @@ class Registry:
         self, key: tuple[str, str], connect: Callable[[], Awaitable[ClosableSocket]]
     ) -> None:
         pool = self._warm.setdefault(key, [])
-        while (
-            len(pool) < self.limits.warm_sockets
-            and len(self._sessions) + self._connecting < self.limits.max_sessions
-        ):
+        while len(pool) < self.limits.warm_sockets:
+            if len(self._sessions) + self._connecting >= self.limits.max_sessions:
+                victim = self._least_recent_idle(exclude=key) if self._owed.get(key) else None
+                if victim is None:
+                    return
+                self._schedule_close(victim)
+            self._owed[key] = max(0, self._owed.get(key, 0) - 1)
             try:
                 session = await self._connect(key[0], key[1], connect)
             except Exception:  # a failed warm-up only costs the next request its handshake
@@ -307,20 +312,26 @@ class Registry:
             session.busy = False
             pool.append(session)
 
+    def _least_recent_idle(self, exclude: tuple[str, str] | None = None) -> Session | None:
+        """The idle socket to close for room: another pool's warm socket first, then the least
+        recently used retained one."""
+        warm = [s for k, pool in self._warm.items() if k != exclude for s in pool]
+        return min(warm, key=lambda s: s.last_used, default=None) or min(
+            self._idle.values(), key=lambda s: s.last_used, default=None
+        )
+
     def _take_warm(self, owner: str, upstream: str) -> Session | None:
         pool = self._warm.get((owner, upstream), [])
         while pool:
             session = pool.pop(0)
             if self._usable(session):
+                key = (owner, upstream)
+                self._owed[key] = min(self.limits.warm_sockets, self._owed.get(key, 0) + 1)
                 session.busy = True
                 session.last_used = self.clock()
                 return session
             self._schedule_close(session)
         return None
-
-    def _oldest_warm(self) -> Session | None:
-        warm = [session for pool in self._warm.values() for session in pool]
-        return min(warm, key=lambda s: s.last_used, default=None)
 
     @asynccontextmanager
     async def lease(self, session: Session) -> AsyncIterator[Lease]:
