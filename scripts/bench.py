@@ -15,7 +15,9 @@ Figures (medians over the runs, with min and max):
 
 1. time to the first ``response.output_text.delta``: a fresh request on a new client connection,
    a fresh request on a warm one, and a follow-up (bridge and direct: ``previous_response_id`` on
-   the same upstream socket; passthrough: a fresh HTTP request carrying the whole context);
+   the same upstream socket; passthrough: a fresh HTTP request carrying the whole context), with
+   ``--think-ms`` (50) between turns as in an agent loop; and a fresh request sent right after
+   another (the bridge's warm-socket pool is then still refilling: the worst case);
 2. relay throughput: wall time and events/s of one stream of 10,000 deltas;
 3. a 20-turn chain (2 KB of user text per turn) with the fake's input cost at 0.2 ms/KB: the
    bridge and direct send only the new turn, passthrough re-sends the whole context every turn;
