@@ -8,6 +8,8 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
+
 from responses_bridge.exchange import ClientSink, Exchange, Settings
 from responses_bridge.server import ResponseWriter
 
@@ -39,7 +41,7 @@ async def test_writes_wait_for_attach_and_go_out_in_order() -> None:
     async def turn() -> None:
         await sink.start_stream([("x-test", "1")])
         await sink.write(b"event: a\ndata: {}\n\n")
-        await sink.end_stream()
+        await sink.end_stream(b"event: z\ndata: {}\n\n")
 
     task = asyncio.create_task(turn())
     await asyncio.sleep(0.05)
@@ -51,10 +53,10 @@ async def test_writes_wait_for_attach_and_go_out_in_order() -> None:
         head = await reader.readuntil(b"\r\n\r\n")
         body = await reader.readuntil(b"0\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"x-test: 1" in head
-    assert b"event: a" in body
-    assert chunks == [b"event: a\ndata: {}\n\n"]
+    assert b"event: a" in body and body.index(b"event: a") < body.index(b"event: z")
+    assert chunks == [b"event: a\ndata: {}\n\n", b"event: z\ndata: {}\n\n"]
     assert sink.started and sink.finished and sink.status == 200
-    assert ex.bytes_relayed() == len(chunks[0])
+    assert ex.bytes_relayed() == sum(map(len, chunks))
 
 
 async def test_attached_sink_writes_at_once() -> None:
@@ -90,3 +92,14 @@ async def test_a_writer_that_never_comes_counts_as_a_client_that_left() -> None:
     assert sink.started  # committed: the relay must not try to answer with JSON afterwards
     await sink.write(b"dropped")
     assert ex.bytes_relayed() == 0
+
+
+async def test_a_streamed_head_goes_out_with_the_first_chunk() -> None:
+    # One write for both: mitmproxy then reads the head and the first events together.
+    async with loopback_writer() as (writer, reader):
+        await writer.start_stream(200, [("content-type", "text/event-stream")])
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(reader.read(1), 0.05)
+        await writer.write(b"event: a\n\n")
+        data = await asyncio.wait_for(reader.readuntil(b"event: a\n\n\r\n"), 1)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in data

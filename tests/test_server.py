@@ -429,7 +429,8 @@ async def test_a_handler_that_never_answers_closes_the_connection(harness: Harne
 # -- streaming --------------------------------------------------------------------------------
 
 
-async def test_a_streamed_response_is_chunked(harness: Harness) -> None:
+@pytest.mark.parametrize("last", [b"", b"data: last\n\n"])
+async def test_a_streamed_response_is_chunked(harness: Harness, last: bytes) -> None:
     pieces = [b"data: 1\n\n", b"", b"x" * 70_000, "data: é\n\n".encode(), b"\r\n0\r\n\r\n"]
     seen: list[bytes] = []
     writers: list[ResponseWriter] = []
@@ -447,12 +448,12 @@ async def test_a_streamed_response_is_chunked(harness: Harness) -> None:
         assert writer.started and not writer.finished
         for piece in pieces:
             await writer.write(piece)
-        await writer.end_stream()
-        await writer.end_stream()  # a second end is a no-op
+        await writer.end_stream(last)  # the last chunk and the end of the body, together
+        await writer.end_stream(b"never sent")  # a second end is a no-op
 
     client = await harness.connect(await harness.start(handler))
     reply = await client.exchange(raw_request("/stream", body=b"{}"))
-    expected = [p for p in pieces if p]
+    expected = [p for p in [*pieces, last] if p]
     assert (reply.status, reply.reason) == (200, "OK")
     assert reply.header("content-type") == "text/event-stream"
     assert reply.header("x-responses-bridge") == "new"

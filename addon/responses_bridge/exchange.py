@@ -211,8 +211,8 @@ class ClientSink:
     async def write(self, data: bytes) -> None:
         await self._guard(lambda w: w.write(data))
 
-    async def end_stream(self) -> None:
-        await self._guard(lambda w: w.end_stream())
+    async def end_stream(self, last: bytes = b"") -> None:
+        await self._guard(lambda w: w.end_stream(last))
 
     async def send_json(self, status: int, payload: Any, headers: list[tuple[str, str]]) -> None:
         await self._guard(lambda w: w.send_json(status, payload, headers))

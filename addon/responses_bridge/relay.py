@@ -208,16 +208,17 @@ async def relay_stream(
     batch: list[bytes] = []
     batch_bytes = 0
 
-    async def forward(event: dict[str, Any], raw: str | None) -> None:
+    async def forward(event: dict[str, Any], raw: str | None, *, last: bool = False) -> None:
         # Frames that are already waiting go out in one write: each write is a chunk that
-        # mitmproxy handles on its own, which dominates the cost of a fast stream.
+        # mitmproxy handles on its own, which dominates the cost of a fast stream. The last one
+        # is left for end_stream, which sends it with the end of the body.
         nonlocal batch_bytes
         fixed, changed = folder.feed(event)
         fixed, shown = _show_previous(fixed, plan)
         frame = sse.encode_event(fixed, None if changed or shown else raw)
         batch.append(frame)
         batch_bytes += len(frame)
-        if batch_bytes >= _MAX_BATCH_BYTES or not socket.has_pending():
+        if not last and (batch_bytes >= _MAX_BATCH_BYTES or not socket.has_pending()):
             await flush()
 
     async def flush() -> None:
@@ -272,10 +273,10 @@ async def relay_stream(
             held.clear()
             if kind is EventKind.CREATED:
                 continue
-        await forward(event, raw)
-        if kind is EventKind.TERMINAL:
-            await flush()
-            await sink.end_stream()
+        terminal = kind is EventKind.TERMINAL
+        await forward(event, raw, last=terminal)
+        if terminal:
+            await sink.end_stream(b"".join(batch))
             return folder
 
 

@@ -71,10 +71,23 @@ class ResponseWriter:
     on_chunk: Callable[[bytes], None] | None = field(default=None, repr=False)
     chunked: bool = True  # False for an HTTP/1.0 request: the body ends when the connection does
 
+    _unsent_head: bytes = field(default=b"", repr=False)
+
     def _head(self, status: int, headers: list[tuple[str, str]]) -> bytes:
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}"]
         lines += [f"{k}: {v}" for k, v in headers]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    def _framed(self, data: bytes) -> bytes:
+        """``data`` as one chunk (or as it is in a close-delimited body), after the head if that
+        is still unsent: one write, so mitmproxy reads the head and the first events together."""
+        head, self._unsent_head = self._unsent_head, b""
+        if not data:
+            return head
+        if self.on_chunk is not None:
+            self.on_chunk(data)
+        self.bytes_sent += len(data)
+        return head + (b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
 
     async def send_json(
         self, status: int, payload: Any, headers: list[tuple[str, str]] | None = None
@@ -93,20 +106,17 @@ class ResponseWriter:
         await self.stream.drain()
 
     async def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
-        """Send the head of a chunked response; the status is committed from here on."""
+        """Commit the status of a streamed response; its head goes out with the first chunk."""
         assert not self.started, "response already started"
         self.started, self.status = True, status
         framing = ("transfer-encoding", "chunked") if self.chunked else ("connection", "close")
-        self.stream.write(self._head(status, [*headers, framing]))
+        self._unsent_head = self._head(status, [*headers, framing])
 
     async def write(self, data: bytes) -> None:
         """Send one chunk and wait until the transport can take more (backpressure)."""
         if not data:
             return
-        self.stream.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
-        self.bytes_sent += len(data)
-        if self.on_chunk is not None:
-            self.on_chunk(data)
+        self.stream.write(self._framed(data))
         await self.stream.drain()
 
     def abort(self) -> None:
@@ -114,15 +124,18 @@ class ResponseWriter:
         self.finished = True
         self.stream.transport.abort()
 
-    async def end_stream(self) -> None:
-        """Send the last chunk."""
+    async def end_stream(self, last: bytes = b"") -> None:
+        """Send ``last`` (if any) and the end of the body, in one write."""
         if self.finished:
             return
         self.finished = True
+        data = self._framed(last)
         if not self.chunked:
+            if data:
+                self.stream.write(data)
             self.stream.close()  # a close-delimited body ends here
             return
-        self.stream.write(b"0\r\n\r\n")
+        self.stream.write(data + b"0\r\n\r\n")
         await self.stream.drain()
 
 
