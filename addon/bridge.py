@@ -367,6 +367,7 @@ class ResponsesBridge:
         if flow.response.raw_content is None and exchange.stream:
             flow.response.content = bytes(exchange.sse_body)
         self._finish(flow, exchange)
+        exchange.delivered()
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._restore(flow)
@@ -378,6 +379,7 @@ class ResponsesBridge:
             )
             exchange.error_code = exchange.error_code or "client_disconnected"
             self._finish(flow, exchange)
+            exchange.delivered()
 
     # -- commands ----------------------------------------------------------------------------
 

@@ -103,3 +103,12 @@ async def test_a_streamed_head_goes_out_with_the_first_chunk() -> None:
         await writer.write(b"event: a\n\n")
         data = await asyncio.wait_for(reader.readuntil(b"event: a\n\n\r\n"), 1)
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in data
+
+
+def test_after_delivery_runs_once() -> None:
+    ex = exchange()
+    calls: list[int] = []
+    ex.after_delivery = lambda: calls.append(1)
+    ex.delivered()
+    ex.delivered()
+    assert calls == [1] and ex.after_delivery is None

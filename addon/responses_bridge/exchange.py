@@ -64,7 +64,8 @@ class Exchange:
     # Set once the turn's frame is on the wire (or the turn will send none): an early-started
     # turn holds mitmproxy's request hook until then, so the send is not queued behind it.
     dispatched: asyncio.Event = field(default_factory=asyncio.Event)
-    on_attempt_end: Callable[[], None] | None = None  # run once when an attempt ends
+    # Run once mitmproxy is done with the flow (its answer delivered, or the client gone).
+    after_delivery: Callable[[], None] | None = None
 
     def duration(self) -> float:
         return (self.finished or time.monotonic()) - self.started
@@ -88,9 +89,9 @@ class Exchange:
         if event.get("type") == "codex.rate_limits":
             self.rate_limits = event
 
-    def attempt_ended(self) -> None:
-        """Run ``on_attempt_end`` if it is set (once)."""
-        callback, self.on_attempt_end = self.on_attempt_end, None
+    def delivered(self) -> None:
+        """Run ``after_delivery`` if it is set (once)."""
+        callback, self.after_delivery = self.after_delivery, None
         if callback is not None:
             callback()
 

@@ -81,9 +81,9 @@ async def answer(
             )
             if settings.stateful:
                 # Refill the warm pool so the next fresh request of this owner finds a socket
-                # already open; once this attempt is over, as a handshake's CPU would otherwise
-                # compete with relaying its answer (all on mitmproxy's one thread).
-                exchange.on_attempt_end = partial(
+                # already open; once mitmproxy has delivered this answer, as a handshake's CPU
+                # would otherwise delay it (everything runs on mitmproxy's one thread).
+                exchange.after_delivery = partial(
                     registry.keep_warm, turn.owner, exchange.upstream_url, connect
                 )
             exchange.socket_state = plan.label
@@ -126,7 +126,6 @@ async def answer(
                         outputs = item_digests(folder.done_items())
                         lease.chain_key = chain_key(turn.fingerprint, turn.digests + outputs)
             finally:
-                exchange.attempt_ended()
                 attempt["socket_end"] = (
                     {"retained_as": retain_as} if retain_as else socket.end_state()
                 )
