@@ -126,3 +126,17 @@ def test_canonical_form() -> None:
         "output_text"
     )
     assert canonical_item("not an item") == "not an item"
+
+
+def test_digests_tell_json_types_apart_but_not_key_order() -> None:
+    def digest(value: object) -> str:
+        return item_digests([{"type": "function_call_output", "call_id": "c", "output": value}])[0]
+
+    values: list[object] = [1, 1.0, True, "1", [1], {"a": 1}, "é", "\ud83d"]
+    assert len({digest(v) for v in values}) == len(values)
+    assert digest({"a": 1, "b": [2, {"c": 3, "d": 4}]}) == digest(
+        {"b": [2, {"d": 4, "c": 3}], "a": 1}
+    )
+    assert fields_fingerprint({"model": "m", "tools": [{"x": 1, "y": 2}]}) == fields_fingerprint(
+        {"tools": [{"y": 2, "x": 1}], "model": "m"}
+    )

@@ -12,7 +12,6 @@ content does not. Candidates are found by a digest of the whole prefix, never by
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,10 +28,10 @@ _ITEM_NOISE = frozenset({"id", "status"})
 def _canonical(value: Any, *, top_item: bool) -> Any:
     if isinstance(value, dict):
         out: dict[str, Any] = {}
-        for key, inner in value.items():
+        for key in sorted(value):  # JSON object keys are strings; sorted, the repr is canonical
             if top_item and key in _ITEM_NOISE:
                 continue
-            canonical = _canonical(inner, top_item=False)
+            canonical = _canonical(value[key], top_item=False)
             if canonical is None or canonical == [] or canonical == {}:
                 continue
             out[key] = canonical
@@ -57,7 +56,10 @@ def canonical_item(item: Any) -> Any:
 
 
 def _digest(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # repr of a canonical value (JSON types, keys sorted) is deterministic and tells types apart
+    # as JSON does (1, 1.0, True, "1"); it is twice as fast as json.dumps on long texts, and
+    # every turn of a full-history client digests its whole input.
+    text = repr(value)
     return hashlib.sha256(text.encode("utf-8", errors="surrogatepass")).hexdigest()[:32]
 
 
