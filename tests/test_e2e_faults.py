@@ -17,7 +17,7 @@ import socket
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import StartBridge
 from tests.fake_upstream import OVERSIZED_BYTES, FakeUpstream, split_text
-from tests.harness import Mitmdump
+from tests.harness import Mitmdump, wait_until
 
 AUTH = {"authorization": "Bearer sk-faults"}
 
@@ -38,14 +38,6 @@ AUTH = {"authorization": "Bearer sk-faults"}
 def expected_text(text: str) -> str:
     """The fake's answer to a one-message conversation whose user text is ``text``."""
     return f"echo: {text} | context: 1 user messages | {text}"
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached in {timeout} s: {what}")
-        time.sleep(0.02)
 
 
 def wait_for_new_log(bridge: Mitmdump, since: int, pattern: str, timeout: float = 10) -> str:

@@ -101,37 +101,20 @@ def make_ca_and_cert(
 @contextlib.contextmanager
 def tls_terminator(
     cert: Path, key: Path, target_port: int, *, host: str = "127.0.0.1", port: int = 0
-) -> Iterator[dict[str, object]]:
+) -> Iterator[dict[str, Any]]:
     """Serve TLS on ``host``:``port`` (default 127.0.0.1, a free port; in a thread) and forward
     each connection to 127.0.0.1:``target_port``.
     Yields ``{"port": int, "handshakes": int, "sni": list[str | None]}``."""
-    info: dict[str, object] = {"port": 0, "handshakes": 0, "sni": []}
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     sni: list[str | None] = []
-    info["sni"] = sni
 
     def remember_sni(_sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         sni.append(name)
 
     context.sni_callback = remember_sni  # type: ignore[assignment]
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        info["handshakes"] = int(info["handshakes"]) + 1  # type: ignore[call-overload]
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-
-    async def main() -> None:
-        server = await asyncio.start_server(handle, host, port, ssl=context)
-        info["port"] = server.sockets[0].getsockname()[1]
-        ready.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            async with server:
-                await server.serve_forever()
-
-    with _running(loop, main(), ready):
+    info: dict[str, Any] = {"port": 0, "handshakes": 0, "sni": sni}
+    with _forwarding(info, "handshakes", target_port, host, port, context):
         yield info
 
 
@@ -143,26 +126,42 @@ def tcp_forwarder(
     127.0.0.1:``target_port``. Sockets are made in the new thread, which inherits the network
     namespace of the thread that enters this. Yields ``{"port": int, "connections": int}``."""
     info = {"port": 0, "connections": 0}
+    with _forwarding(info, "connections", target_port, host, port, None):
+        yield info
+
+
+@contextlib.contextmanager
+def _forwarding(
+    info: dict[str, Any],
+    counter: str,
+    target_port: int,
+    host: str,
+    port: int,
+    context: ssl.SSLContext | None,
+) -> Iterator[None]:
+    """Listen on ``host``:``port`` (TLS with ``context``) in a thread, forward every connection
+    to 127.0.0.1:``target_port``, count them in ``info[counter]`` and put the port in
+    ``info["port"]`` (0 when binding failed)."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        info["connections"] += 1
+        info[counter] += 1
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
         await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
 
     async def main() -> None:
         try:
-            server = await asyncio.start_server(handle, host, port)
+            server = await asyncio.start_server(handle, host, port, ssl=context)
             info["port"] = server.sockets[0].getsockname()[1]
         finally:
-            ready.set()  # also when binding failed: "port" then stays 0
+            ready.set()
         with contextlib.suppress(asyncio.CancelledError):
             async with server:
                 await server.serve_forever()
 
     with _running(loop, main(), ready):
-        yield info
+        yield
 
 
 @contextlib.contextmanager
