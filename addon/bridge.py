@@ -9,6 +9,7 @@ in ``responseheaders``, so mitmweb shows and saves it as the client sent it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -23,7 +24,14 @@ from mitmproxy.proxy.mode_specs import UpstreamMode
 
 from responses_bridge import relay, report, sessions, translate, view
 from responses_bridge.exchange import ClientSink, Exchange, Settings
-from responses_bridge.server import SECRET_HEADER, IncomingRequest, LoopbackServer, ResponseWriter
+from responses_bridge.server import (
+    INTERNAL_ERROR,
+    SECRET_HEADER,
+    IncomingRequest,
+    LoopbackServer,
+    ResponseWriter,
+    error_body,
+)
 
 logger = logging.getLogger("responses_bridge")
 
@@ -330,7 +338,7 @@ class ResponsesBridge:
         settings = self._settings
         proxy = _upstream_proxy(flow)
         if proxy is not None:
-            settings = Settings(**{**settings.__dict__, "proxy": proxy})
+            settings = dataclasses.replace(settings, proxy=proxy)
         self._exchanges[flow.id] = Exchange(flow.id, upstream_url, settings)
         self._originals[flow.id] = _Original(
             request.scheme, request.host, request.port, request.authority, request.host_header
@@ -441,10 +449,11 @@ class ResponsesBridge:
         try:
             await relay.answer(exchange, request, sink, self._registry)
         except Exception:
+            # Nobody may await this task (the request can fail to reach the loopback server),
+            # so its failure is logged and answered here, as the server does for its handlers.
             logger.exception("responses-bridge: internal error while answering a request")
-            exchange.dispatched.set()
             if not sink.started:
-                await sink.send_json(500, _internal_error_body(), [])
+                await sink.send_json(500, error_body(INTERNAL_ERROR, "server_error"), [])
 
     async def _serve(self, request: IncomingRequest, writer: ResponseWriter) -> None:
         flow_id = request.header(FLOW_HEADER) or ""
@@ -459,14 +468,9 @@ class ResponsesBridge:
         if exchange is None:
             await writer.send_json(
                 404,
-                {
-                    "error": {
-                        "message": "Unknown or finished bridged flow.",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "unknown_flow",
-                    }
-                },
+                error_body(
+                    "Unknown or finished bridged flow.", "invalid_request_error", "unknown_flow"
+                ),
             )
             return
         exchange.task = asyncio.current_task()
@@ -541,17 +545,6 @@ class ResponsesBridge:
         if exchange.error:
             line += f" · {exchange.error}"
         logger.info(line)
-
-
-def _internal_error_body() -> dict[str, Any]:
-    return {
-        "error": {
-            "message": "Internal error in responses-bridge; see the proxy log.",
-            "type": "server_error",
-            "param": None,
-            "code": None,
-        }
-    }
 
 
 def _upstream_proxy(flow: http.HTTPFlow) -> str | None:

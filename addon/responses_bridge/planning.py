@@ -178,8 +178,6 @@ def retry_plan(exc: BridgeError, plan: Plan, exchange: Exchange) -> Plan | None:
     if not isinstance(previous_id, str):
         # A full request (no previous_response_id) can be resent as it is, on a fresh socket.
         return replace(plan, session=None)
-    if not exchange.settings.rehydrate or plan.parent is None:
-        return None
-    if plan.parent.transcript() is None:
+    if not exchange.settings.rehydrate or plan.parent is None or not plan.parent.kept:
         return None
     return _rehydrated(plan.frame, plan.parent, plan.turn_items, previous_id, "rehydrated")

@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from responses_bridge.aggregate import TERMINAL_TYPES
 from responses_bridge.sse import decode_all
 
 _WINDOW_FIELDS = {
@@ -133,7 +134,7 @@ def render_sse_text(body: bytes) -> str:
             item = event.get("item") or {}
             if item.get("type") == "function_call":
                 calls[item.get("call_id")] = item
-        elif kind in ("response.completed", "response.failed", "response.incomplete"):
+        elif kind in TERMINAL_TYPES:
             response = event.get("response") or {}
             usage = response.get("usage") or {}
             for item in response.get("output") or []:

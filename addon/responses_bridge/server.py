@@ -220,7 +220,7 @@ class LoopbackServer:
         except _BadRequest as exc:
             await response.send_json(
                 exc.status,
-                _error_body(str(exc), "invalid_request_error"),
+                error_body(str(exc), "invalid_request_error"),
                 [("connection", "close")],
             )
             return False
@@ -234,9 +234,7 @@ class LoopbackServer:
             if not response.started:
                 await response.send_json(
                     500,
-                    _error_body(
-                        "Internal error in responses-bridge; see the proxy log.", "server_error"
-                    ),
+                    error_body(INTERNAL_ERROR, "server_error"),
                 )
             else:
                 return False
@@ -310,5 +308,9 @@ class LoopbackServer:
         return await reader.readexactly(length) if length else b""
 
 
-def _error_body(message: str, error_type: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": None, "code": None}}
+INTERNAL_ERROR = "Internal error in responses-bridge; see the proxy log."
+
+
+def error_body(message: str, error_type: str, code: str | None = None) -> dict[str, Any]:
+    """An OpenAI-style error body."""
+    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}

@@ -31,8 +31,6 @@ from responses_bridge.errors import BridgeError
 class ClosableSocket(Protocol):
     """What the registry needs of an upstream socket."""
 
-    opened_at: float
-
     @property
     def closed(self) -> bool: ...
 
@@ -73,6 +71,12 @@ class ChainNode:
     parent: ChainNode | None
     segment: list[dict[str, Any]] | None  # None: the transcript was not kept (too large)
     total_bytes: int
+
+    @property
+    def kept(self) -> bool:
+        """Whether the whole transcript is kept (``record`` keeps a segment only when its
+        parent's is kept, so this node's segment says it for the chain)."""
+        return self.segment is not None
 
     def transcript(self) -> list[dict[str, Any]] | None:
         """Every item the upstream has seen for this chain, oldest first; None if not kept."""
@@ -179,9 +183,7 @@ class Registry:
             self._chains.move_to_end(previous_id)
         busy = self._in_flight_from.get(previous_id)
         busy_for_owner = busy is not None and (busy.owner, busy.upstream) == (owner, upstream)
-        transcript_kept = (
-            node is not None and self.limits.keep_transcripts and node.transcript() is not None
-        )
+        transcript_kept = node is not None and self.limits.keep_transcripts and node.kept
         if transcript_kept:
             return Decision(Route.FORK if busy_for_owner else Route.REHYDRATE, node=node)
         if busy_for_owner and not upstream_resolves:

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import ssl
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,10 +81,13 @@ def _rejection_message(status: int, body: bytes) -> str:
 class UpstreamSocket:
     """One open upstream websocket."""
 
-    def __init__(self, connection: ClientConnection, url: str) -> None:
+    def __init__(self, connection: ClientConnection) -> None:
         self._connection = connection
-        self.url = url
-        self.opened_at = time.monotonic()
+        # The library's queue of received frames (made once per connection), read without
+        # consuming it; an empty stand-in if this websockets version has none.
+        assembler = getattr(connection, "recv_messages", None)
+        queue = getattr(getattr(assembler, "frames", None), "queue", None)
+        self._frames: Sequence[object] = queue if isinstance(queue, Sequence) else ()
 
     @property
     def closed(self) -> bool:
@@ -96,24 +98,14 @@ class UpstreamSocket:
         )
 
     def has_pending(self) -> bool:
-        """True when a received message is already waiting (so a write can wait for it and
+        """True when a received frame is already waiting (so a write can wait for it and
         carry both). Reads the library's queue; without it, answers False (no batching)."""
-        frames = getattr(getattr(self._connection, "recv_messages", None), "frames", None)
-        try:
-            return bool(frames is not None and len(frames) > 0)
-        except TypeError:
-            return False
+        return bool(self._frames)
 
     def _whole_message_waiting(self) -> bool:
         """True when a complete (unfragmented) message is queued; False when unsure."""
-        frames = getattr(getattr(self._connection, "recv_messages", None), "frames", None)
-        queue = getattr(frames, "queue", None)
-        if not queue:
-            return False
-        try:
-            return getattr(queue[0], "fin", False) is True
-        except (TypeError, IndexError):
-            return False
+        frames = self._frames
+        return bool(frames) and getattr(frames[0], "fin", False) is True
 
     def end_state(self) -> dict[str, Any]:
         """How the socket ended (for inspection): close code and reason, when known."""
@@ -179,10 +171,6 @@ class UpstreamSocket:
         except (TimeoutError, OSError, ConnectionClosed):
             self._connection.transport.abort()
 
-    def abort(self) -> None:
-        """Drop the connection at once, without a closing handshake."""
-        self._connection.transport.abort()
-
 
 async def open_socket(
     url: str,
@@ -245,7 +233,7 @@ async def open_socket(
         raise UpstreamUnavailable(
             f"The upstream {url} closed during the handshake: {describe_close(exc)}."
         ) from exc
-    return UpstreamSocket(connection, url)
+    return UpstreamSocket(connection)
 
 
 __all__ = ["MAX_FRAME_BYTES", "UpstreamError", "UpstreamSocket", "open_socket"]
