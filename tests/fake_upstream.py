@@ -181,6 +181,11 @@ def brief_answer_text(context: list[Json]) -> str:
     return f"echo: {(users[-1] if users else '')[:60]} | context: {len(users)} user messages"
 
 
+def context_count(answer: str) -> int:
+    """How many user messages the fake saw, read back from one of its answers."""
+    return int(answer.split("| context: ")[1].split(" user messages")[0])
+
+
 def split_text(text: str, count: int) -> list[str]:
     """``text`` in ``count`` non-empty, near-equal pieces (repeating it when too short)."""
     count = max(1, count)

@@ -7,7 +7,7 @@ from typing import Any
 import openai
 
 from tests.conftest import StartBridge
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, context_count
 from tests.harness import Mitmdump
 
 TOOLS: list[Any] = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
@@ -35,10 +35,6 @@ def full_history_turn(
     return response, raw.headers.get("x-responses-bridge", "")
 
 
-def context_count(response: Any) -> int:
-    return int(response.output_text.split("| context: ")[1].split(" user messages")[0])
-
-
 def test_ten_full_history_turns_go_upstream_as_deltas(
     fake: FakeUpstream, start_bridge: StartBridge
 ) -> None:
@@ -49,7 +45,7 @@ def test_ten_full_history_turns_go_upstream_as_deltas(
             client, history, f"turn {index}", stream=index % 2 == 1, instructions="be brief"
         )
         assert label == ("new" if index == 0 else "chained")
-        assert context_count(response) == index + 1
+        assert context_count(response.output_text) == index + 1
         assert response.previous_response_id is None  # what the client sent
     assert fake.connections == 1
     for request in fake.requests[1:]:
@@ -95,7 +91,7 @@ def test_failed_chained_attempt_is_resent_in_full(
     fake.next_errors.append((400, "previous_response_not_found"))
     response, label = full_history_turn(client, history, "two", stream=True)
     assert label == "new"
-    assert context_count(response) == 2
+    assert context_count(response.output_text) == 2
     assert response.previous_response_id is None
     assert (
         fake.requests[-2]["previous_response_id"]

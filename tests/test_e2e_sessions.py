@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from tests.conftest import StartBridge
-from tests.fake_upstream import FakeUpstream
+from tests.fake_upstream import FakeUpstream, context_count
 from tests.harness import Mitmdump, wait_until
 
 
@@ -46,11 +46,6 @@ def turn(
     return raw.parse(), raw.headers.get("x-responses-bridge", "")
 
 
-def context_count(response: Any) -> int:
-    text = response.output_text
-    return int(text.split("| context: ")[1].split(" user messages")[0])
-
-
 @pytest.mark.parametrize("pattern", ["json", "stream", "mixed"])
 def test_ten_turn_chain_uses_one_socket(
     fake: FakeUpstream, start_bridge: StartBridge, pattern: str
@@ -60,7 +55,7 @@ def test_ten_turn_chain_uses_one_socket(
     for index in range(10):
         stream = pattern == "stream" or (pattern == "mixed" and index % 2 == 1)
         response, label = turn(client, f"turn {index}", previous, stream=stream)
-        assert context_count(response) == index + 1
+        assert context_count(response.output_text) == index + 1
         assert label == ("new" if index == 0 else "reused")
         assert response.previous_response_id == previous
         previous = response.id
@@ -84,7 +79,7 @@ def test_chain_with_function_calls(fake: FakeUpstream, start_bridge: StartBridge
     )
     assert label == "reused" and "tool result: sunny" in second.output_text
     third, _ = turn(client, "thanks", second.id, stream=True, tools=tools)
-    assert context_count(third) == 2
+    assert context_count(third.output_text) == 2
     assert fake.connections == 1
 
 
@@ -123,7 +118,7 @@ def test_store_true_unknown_id_goes_to_the_upstream(
     follow = client.responses.create(
         model="m", input="next", store=True, previous_response_id=stored.id
     )
-    assert context_count(follow) == 2
+    assert context_count(follow.output_text) == 2
 
 
 def test_another_key_cannot_continue_a_chain(fake: FakeUpstream, start_bridge: StartBridge) -> None:
@@ -135,7 +130,7 @@ def test_another_key_cannot_continue_a_chain(fake: FakeUpstream, start_bridge: S
     assert caught.value.code == "previous_response_not_found"
     assert fake.connections == 1 and len(fake.requests) == 1
     second, label = turn(owner, "still mine", first.id)
-    assert label == "reused" and context_count(second) == 2
+    assert label == "reused" and context_count(second.output_text) == 2
 
 
 def test_rehydration_after_the_upstream_closes_the_socket(
@@ -147,14 +142,14 @@ def test_rehydration_after_the_upstream_closes_the_socket(
     fake.run(fake.close_socket_of, second.id, 1011, "gone")
     third, label = turn(client, "three", second.id, stream=True)
     assert label == "rehydrated"
-    assert context_count(third) == 3
+    assert context_count(third.output_text) == 3
     assert third.previous_response_id == second.id
     resent = fake.requests[-1]
     assert "previous_response_id" not in resent
     assert len(resent["input"]) == 5  # one, answer, two, answer, three
     assert fake.connections == 2
     fourth, label = turn(client, "four", third.id)
-    assert label == "reused" and context_count(fourth) == 4
+    assert label == "reused" and context_count(fourth.output_text) == 4
 
 
 def test_rehydration_after_eviction(fake: FakeUpstream, start_bridge: StartBridge) -> None:
@@ -163,9 +158,9 @@ def test_rehydration_after_eviction(fake: FakeUpstream, start_bridge: StartBridg
     b1, _ = turn(client, "b1")  # the registry is full: a1's idle socket is closed
     wait_until(lambda: fake.open_sockets == 1)
     a2, label = turn(client, "a2", a1.id)
-    assert label == "rehydrated" and context_count(a2) == 2
+    assert label == "rehydrated" and context_count(a2.output_text) == 2
     b2, label = turn(client, "b2", b1.id)
-    assert label == "rehydrated" and context_count(b2) == 2
+    assert label == "rehydrated" and context_count(b2.output_text) == 2
 
 
 @pytest.mark.parametrize(
@@ -178,9 +173,9 @@ def test_rehydration_after_upstream_error_before_output(
     first, _ = turn(client, "one")
     fake.next_errors.append((400, code))
     second, label = turn(client, "two", first.id, stream=True)
-    assert label == "rehydrated" and context_count(second) == 2
+    assert label == "rehydrated" and context_count(second.output_text) == 2
     third, label = turn(client, "three", second.id)
-    assert label == "reused" and context_count(third) == 3
+    assert label == "reused" and context_count(third.output_text) == 3
 
 
 def test_connection_limit_on_a_fresh_request_is_resent(
@@ -189,7 +184,7 @@ def test_connection_limit_on_a_fresh_request_is_resent(
     client = client_for(start_bridge(fake))
     fake.next_errors.append((400, "websocket_connection_limit_reached"))
     response, _ = turn(client, "hello")
-    assert context_count(response) == 1
+    assert context_count(response.output_text) == 1
     assert fake.connections == 2
 
 
@@ -208,7 +203,7 @@ def test_concurrent_follow_ups_fork(fake: FakeUpstream, start_bridge: StartBridg
         thread.join(30)
     labels = sorted(label for _, label in results.values())
     assert labels == ["forked", "reused"]
-    assert all(context_count(response) == 2 for response, _ in results.values())
+    assert all(context_count(response.output_text) == 2 for response, _ in results.values())
     assert fake.connections == 2
 
 
@@ -223,7 +218,9 @@ def test_busy_chain_without_rehydration_is_409(
     with pytest.raises(openai.ConflictError) as caught:
         turn(client, "meanwhile", first.id)
     assert caught.value.status_code == 409
+    assert caught.value.code == "previous_response_in_progress"
     slow.join(30)
+    assert not slow.is_alive()
 
 
 def test_gone_socket_without_rehydration_is_400(
@@ -269,7 +266,7 @@ def test_idle_ttl_closes_sockets_and_chain_rehydrates(
     first, _ = turn(client, "one")
     wait_until(lambda: fake.open_sockets == 0)
     second, label = turn(client, "two", first.id)
-    assert label == "rehydrated" and context_count(second) == 2
+    assert label == "rehydrated" and context_count(second.output_text) == 2
 
 
 def test_old_sockets_are_not_reused(fake: FakeUpstream, start_bridge: StartBridge) -> None:
@@ -277,7 +274,7 @@ def test_old_sockets_are_not_reused(fake: FakeUpstream, start_bridge: StartBridg
     first, _ = turn(client, "one")
     time.sleep(0.6)
     second, label = turn(client, "two", first.id)
-    assert label == "rehydrated" and context_count(second) == 2
+    assert label == "rehydrated" and context_count(second.output_text) == 2
 
 
 def test_client_abort_then_follow_up_on_the_same_socket(
@@ -306,7 +303,7 @@ def test_client_abort_then_follow_up_on_the_same_socket(
     wait_until(lambda: aborted_id in fake._sessions[0].responses)
     time.sleep(0.2)
     third, label = turn(client, "three", aborted_id)
-    assert label == "reused" and context_count(third) == 3
+    assert label == "reused" and context_count(third.output_text) == 3
     assert fake.connections == 1
 
 
@@ -347,7 +344,7 @@ def test_warm_socket_serves_the_next_fresh_request(
     first, _ = turn(client, "one")
     wait_until(lambda: fake.connections == 2)  # the chain's socket and one opened ahead
     second, label = turn(client, "fresh conversation")
-    assert label == "new" and context_count(second) == 1
+    assert label == "new" and context_count(second.output_text) == 1
     wait_until(lambda: fake.connections == 3)  # the pool is topped up again
     assert len(fake.sockets[1].frames) == 1  # the warm socket carried the fresh request
     assert fake.sockets[0].frames[0]["input"] == first.output_text.split(" | ")[0][6:]
@@ -362,4 +359,4 @@ def test_warm_sockets_never_exceed_capacity(fake: FakeUpstream, start_bridge: St
     time.sleep(0.3)
     assert fake.open_sockets == 2
     second, _ = turn(client, "two")  # capacity full: served by the warm socket
-    assert context_count(second) == 1
+    assert context_count(second.output_text) == 1

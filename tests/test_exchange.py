@@ -44,9 +44,9 @@ async def test_writes_wait_for_attach_and_go_out_in_order() -> None:
         await sink.end_stream(b"event: z\ndata: {}\n\n")
 
     task = asyncio.create_task(turn())
-    await asyncio.sleep(0.05)
-    assert not task.done()  # waiting for the writer
-    assert ex.dispatched.is_set()  # and says so, so the request hook lets mitmproxy go on
+    # Waiting for the writer, it says so, so the request hook lets mitmproxy go on.
+    await asyncio.wait_for(ex.dispatched.wait(), 5)
+    assert not task.done()
     async with loopback_writer() as (writer, reader):
         sink.attach(writer)
         await asyncio.wait_for(task, 5)
@@ -73,7 +73,7 @@ async def test_leaving_before_attach_releases_waiters_and_aborts_the_late_writer
     ex = exchange(drain_timeout=7.0)
     sink = ClientSink(ex, attach_timeout=60)
     task = asyncio.create_task(sink.send_json(200, {"ok": True}, []))
-    await asyncio.sleep(0.02)
+    await asyncio.wait_for(ex.dispatched.wait(), 5)  # the write waits for a writer
     sink.leave()
     await asyncio.wait_for(task, 1)  # returns at once: nothing to write to
     assert sink.gone and not sink.attached

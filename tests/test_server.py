@@ -370,6 +370,16 @@ async def test_a_truncated_head_is_400(harness: Harness) -> None:
     assert recorder.requests == []
 
 
+async def test_a_head_over_64_kib_is_431_before_the_handler(harness: Harness) -> None:
+    recorder = Recorder()
+    client = await harness.connect(await harness.start(recorder))
+    huge = [("X-Filler", "y" * 70_000)]
+    reply = await client.exchange(raw_request(headers=huge, body=b"{}"))
+    assert_openai_error(reply, 431, "invalid_request_error")
+    assert await client.closed_by_server()
+    assert recorder.requests == []
+
+
 # -- handler failures -------------------------------------------------------------------------
 
 
