@@ -10,6 +10,7 @@ from responses_bridge.chaining import (
     chain_key,
     fields_fingerprint,
     item_digests,
+    prefix_digests,
 )
 
 USER = {"role": "user", "content": "What is the weather in Oslo?"}
@@ -140,3 +141,8 @@ def test_digests_tell_json_types_apart_but_not_key_order() -> None:
     assert fields_fingerprint({"model": "m", "tools": [{"x": 1, "y": 2}]}) == fields_fingerprint(
         {"tools": [{"y": 2, "x": 1}], "model": "m"}
     )
+
+
+def test_chain_key_is_the_last_prefix_digest() -> None:
+    for digests in ([], item_digests([USER]), item_digests([USER, ASSISTANT, CALL, RESULT])):
+        assert chain_key("f", digests) == ("f", len(digests), prefix_digests(digests)[-1])
