@@ -22,7 +22,7 @@ from mitmproxy import command, connection, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy.mode_specs import UpstreamMode
 
-from responses_bridge import relay, report, sessions, translate, view
+from responses_bridge import relay, report, sessions, translate, upstream, view
 from responses_bridge.exchange import ClientSink, Exchange, Settings
 from responses_bridge.server import (
     INTERNAL_ERROR,
@@ -553,9 +553,7 @@ def _upstream_proxy(flow: http.HTTPFlow) -> str | None:
     if not isinstance(mode, UpstreamMode):
         return None
     host, port = mode.address
-    auth = ctx.options.upstream_auth
-    userinfo = f"{auth}@" if auth else ""
-    return f"{mode.scheme}://{userinfo}{host}:{port}"
+    return upstream.proxy_url(mode.scheme, host, port, ctx.options.upstream_auth)
 
 
 addons = [ResponsesBridge()]

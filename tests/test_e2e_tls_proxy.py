@@ -177,15 +177,18 @@ class RecordingProxy:
             await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
 
-@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize(
+    ("scheme", "auth"),
+    [("http", "user:pass"), ("https", "user:pass"), ("https", "us er:p@ss/w#rd?%41:x")],
+)
 def test_upstream_mode_routes_the_websocket_through_the_proxy(
-    fake: FakeUpstream, start_bridge: StartBridge, scheme: str
+    fake: FakeUpstream, start_bridge: StartBridge, scheme: str, auth: str
 ) -> None:
-    with RecordingProxy(auth="user:pass") as proxy:
+    with RecordingProxy(auth=auth) as proxy:
         bridge = start_bridge(
             None,
             f"responses_bridge_upstream={fake.url()}",
-            "upstream_auth=user:pass",
+            f"upstream_auth={auth}",
             mode=f"upstream:http://127.0.0.1:{proxy.port}",
         )
         ca = ssl.create_default_context(cafile=str(bridge.confdir / "mitmproxy-ca-cert.pem"))
@@ -208,3 +211,28 @@ def test_upstream_mode_routes_the_websocket_through_the_proxy(
         assert not [line for line in lines if "/v1/responses" in line and "CONNECT" not in line]
         assert all("sk-never-in-plaintext" not in str(h) for _l, h in proxy.requests)
         assert fake.connections == 1
+
+
+def test_upstream_proxy_refusing_the_credentials_is_a_clear_502(
+    fake: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    with RecordingProxy(auth="user:pass") as proxy:
+        bridge = start_bridge(
+            None,
+            f"responses_bridge_upstream={fake.url()}",
+            "upstream_auth=user:wrong-s3cret",
+            mode=f"upstream:http://127.0.0.1:{proxy.port}",
+        )
+        ca = ssl.create_default_context(cafile=str(bridge.confdir / "mitmproxy-ca-cert.pem"))
+        with httpx.Client(
+            proxy=f"http://127.0.0.1:{bridge.port}", verify=ca, trust_env=False, timeout=30
+        ) as client:
+            got = client.post("https://api.example.test/v1/responses", json=BODY)
+    # Not 407: that would tell the client that its own proxy (mitmproxy) wants credentials.
+    assert got.status_code == 502, got.text
+    error = got.json()["error"]
+    assert error["code"] == "upstream_unavailable"
+    assert "HTTP 407" in error["message"] and "upstream_auth" in error["message"]
+    assert "wrong-s3cret" not in got.text
+    assert not any("wrong-s3cret" in line for line in bridge.lines)
+    assert fake.connections == 0

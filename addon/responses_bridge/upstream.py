@@ -13,12 +13,14 @@ import logging
 import ssl
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
     InvalidProxy,
+    InvalidProxyStatus,
     InvalidStatus,
     InvalidURI,
     ProxyError,
@@ -76,6 +78,29 @@ def _rejection_message(status: int, body: bytes) -> str:
     hint = " (the upstream has no websocket mode)" if status == 426 else ""
     message = f"The upstream rejected the websocket upgrade with HTTP {status}{hint}"
     return f"{message}: {detail}" if detail else f"{message}."
+
+
+def proxy_url(scheme: str, host: str, port: int, auth: str | None) -> str:
+    """The URL ``open_socket`` takes for an upstream proxy at ``host``:``port``.
+
+    ``auth`` is ``user:password`` as in mitmproxy's ``upstream_auth``; both parts are
+    percent-encoded, so a password with ``@ / # % :`` reaches the proxy unchanged.
+    """
+    userinfo = ""
+    if auth:
+        user, _, password = auth.partition(":")
+        userinfo = f"{quote(user, safe='')}:{quote(password, safe='')}@"
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"{scheme}://{userinfo}{shown_host}:{port}"
+
+
+def _proxy_address(proxy: str) -> str:
+    """``proxy`` without its credentials, for messages and logs."""
+    try:
+        parts = urlsplit(proxy)
+        return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+    except ValueError:
+        return "(an unparsable proxy URL)"
 
 
 class UpstreamSocket:
@@ -220,8 +245,21 @@ async def open_socket(
             f"{exc.verify_message}. Trust its CA with ssl_verify_upstream_trusted_ca, or set "
             "ssl_insecure."
         ) from exc
-    except (InvalidURI, InvalidProxy) as exc:
+    except InvalidURI as exc:
         raise UpstreamUnavailable(f"Cannot connect to the upstream {url}: {exc}.") from exc
+    except InvalidProxy as exc:
+        # Not str(exc): it repeats the proxy URL, credentials included.
+        raise UpstreamUnavailable(
+            f"Cannot connect to the upstream {url}: the upstream proxy URL "
+            f"{_proxy_address(exc.proxy)} is not valid ({exc.msg})."
+        ) from exc
+    except InvalidProxyStatus as exc:
+        status = exc.response.status_code
+        hint = " (check upstream_auth)" if status == 407 else ""
+        raise UpstreamUnavailable(
+            f"The upstream proxy {_proxy_address(proxy or '')} refused to connect to {url}: "
+            f"HTTP {status} {exc.response.reason_phrase}{hint}."
+        ) from exc
     except (ProxyError, InvalidHandshake) as exc:
         raise UpstreamUnavailable(
             f"The websocket handshake with the upstream {url} failed: {exc}."
@@ -236,4 +274,4 @@ async def open_socket(
     return UpstreamSocket(connection)
 
 
-__all__ = ["MAX_FRAME_BYTES", "UpstreamError", "UpstreamSocket", "open_socket"]
+__all__ = ["MAX_FRAME_BYTES", "UpstreamError", "UpstreamSocket", "open_socket", "proxy_url"]
