@@ -25,8 +25,10 @@ change the behaviour:
 ``error=STATUS[:CODE]``         an error frame with ``status`` instead of an answer
 ``error_status_code=S[:CODE]``  the same with ``status_code`` (ChatGPT backend style)
 ``failed`` / ``incomplete``     end with ``response.failed`` / ``response.incomplete``
+``failed=bare``                 ``response.failed`` whose response has no ``error``
 ``close=CODE``                  close the socket (1006: drop TCP without a close frame)
-``garbage=KIND``                inject a bad frame: nonjson, typeless, binary, oversized
+``garbage=KIND``                inject a bad frame: nonjson, typeless, binary, oversized;
+                                ``flood``: 1001 well-formed events of an unknown type
 ``silent``                      stop sending (socket stays open, later turns ignored)
 ``vendor``                      ChatGPT backend extras (``codex.rate_limits`` first)
 ``limit``                       ``websocket_connection_limit_reached``, then close
@@ -99,6 +101,7 @@ DEFAULT_MODEL = "gpt-fake"
 DEFAULT_DELTAS = 4
 MAX_FRAME = 64 * 1024 * 1024
 OVERSIZED_BYTES = 2 * 1024 * 1024
+FLOOD_EVENTS = 1001  # one more than the bridge holds before response.created
 TERMINAL_EVENTS = frozenset(
     {"response.completed", "response.failed", "response.incomplete", "error"}
 )
@@ -1231,7 +1234,7 @@ class _Turn:
                 if phase in ("", "before_created")
                 else min(at, terminal_pos)
             )
-            injects.append(_Inject(pos, "failed"))
+            injects.append(_Inject(pos, "failed", d["failed"]))
         if "close" in d:
             injects.append(_Inject(at, "close", close_code=int(_number(d["close"], 1000))))
         if "silent" in d:
@@ -1247,6 +1250,9 @@ class _Turn:
                 await self.fake._send(
                     self.session, {"response_id": self.response_id, "note": "no type here"}
                 )
+            elif inject.payload == "flood":
+                for number in range(FLOOD_EVENTS):
+                    await self.send({"type": "response.fake_noise", "number": number})
             else:
                 await self.fake._send(self.session, "this is not JSON {")
             return True
@@ -1257,10 +1263,14 @@ class _Turn:
             return False
         if inject.kind == "failed":
             failed = self.response_object("failed", [], None)
-            failed["error"] = {
-                "code": "server_error",
-                "message": "The fake model failed to generate a response.",
-            }
+            failed["error"] = (
+                None
+                if inject.payload == "bare"
+                else {
+                    "code": "server_error",
+                    "message": "The fake model failed to generate a response.",
+                }
+            )
             await self.send({"type": "response.failed", "response": failed})
             self.evict()
             return False

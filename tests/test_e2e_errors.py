@@ -143,6 +143,42 @@ def test_failed_stream_ends_with_response_failed(client: openai.OpenAI) -> None:
     assert events[-1].type == "response.failed"
 
 
+def test_failed_without_an_error_object(shared_bridge: Mitmdump, client: openai.OpenAI) -> None:
+    error = assert_error_body(
+        post(shared_bridge, {"model": "m", "input": "x fake:failed=bare"}), 502
+    )
+    assert error["type"] == "server_error"
+    assert "response.failed without details" in str(error["message"])
+    # A stream passes it on as the upstream sent it.
+    events = list(client.responses.create(model="m", input="x fake:failed=bare", stream=True))
+    assert events[-1].type == "response.failed"
+    assert events[-1].response.error is None
+
+
+def test_a_stream_holds_at_most_1000_events_before_created(shared_bridge: Mitmdump) -> None:
+    body = {"model": "m", "input": "x fake:garbage=flood", "stream": True}
+    error = assert_error_body(post(shared_bridge, body), 502)
+    assert error["code"] == "upstream_protocol_error"
+    assert "1001 events without response.created" in str(error["message"])
+
+
+# (A stream with them before response.created: the test above.)
+@pytest.mark.parametrize(
+    ("stream", "phase"), [(False, "before_created"), (False, "mid"), (True, "mid")]
+)
+def test_many_unknown_events_are_passed_on(
+    shared_bridge: Mitmdump, stream: bool, phase: str
+) -> None:
+    body = {"model": "m", "input": f"x fake:garbage=flood fake:phase={phase}", "stream": stream}
+    response = post(shared_bridge, body)
+    assert response.status_code == 200, response.text[:300]
+    if stream:
+        assert response.text.count("event: response.fake_noise\n") == 1001
+        assert "event: response.completed\n" in response.text
+    else:
+        assert response.json()["output"][0]["content"][0]["text"].startswith("echo: x")
+
+
 def test_close_after_completed_still_answers(client: openai.OpenAI) -> None:
     response = client.responses.create(
         model="m", input="x fake:close=1011 fake:phase=after_completed"
