@@ -264,7 +264,7 @@ def assert_socket_settled(fake: FakeUpstream, index: int, client: openai.OpenAI)
     (response_id,) = session.record.response_ids
     assert response_id in session.responses, "the upstream turn ended without completing"
     connections = fake.connections
-    time.sleep(0.2)  # the bridge reads the terminal event and retains the socket
+    # No pause: a follow-up that arrives while the bridge still drains waits for the drain.
     raw = client.responses.with_raw_response.create(
         model="m", input="after the leaver", store=False, previous_response_id=response_id
     )

@@ -299,11 +299,36 @@ def test_client_abort_then_follow_up_on_the_same_socket(
         lines = streamed.iter_lines()
         created = next(line for line in lines if line.startswith("data: "))
     aborted_id = json.loads(created[len("data: ") :])["response"]["id"]
-    # The upstream finishes the answer (the bridge drains it) and the socket stays open.
-    wait_until(lambda: aborted_id in fake._sessions[0].responses)
-    time.sleep(0.2)
+    # Continued at once, while the bridge still drains the aborted answer (~1 s of it left):
+    # the follow-up waits for it, then goes on the same socket, which holds it.
+    assert aborted_id not in fake._sessions[0].responses
     third, label = turn(client, "three", aborted_id)
     assert label == "reused" and context_count(third.output_text) == 3
+    assert fake.connections == 1
+    assert fake._sessions[0].record.response_ids == [first.id, aborted_id, third.id]
+
+
+def test_follow_up_of_a_response_still_streaming_waits_at_most_the_drain_timeout(
+    fake: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    bridge = start_bridge(fake, "responses_bridge_drain_timeout=0.5")
+    client = client_for(bridge)
+    with client.responses.create(
+        model="m", input="one fake:slow=150 fake:deltas=20", store=False, stream=True
+    ) as stream:
+        events = iter(stream)
+        created = next(events)
+        assert created.type == "response.created"
+        with pytest.raises(openai.ConflictError) as caught:
+            turn(client, "two", created.response.id)
+        remaining = [event.type for event in events]
+    assert caught.value.code == "previous_response_in_progress"
+    assert "still being generated" in caught.value.message
+    assert "0.5 s" in caught.value.message
+    assert remaining[-1] == "response.completed"
+    # Once it has completed, the same follow-up continues it on its socket.
+    second, label = turn(client, "two", created.response.id)
+    assert label == "reused" and context_count(second.output_text) == 2
     assert fake.connections == 1
 
 

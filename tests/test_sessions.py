@@ -383,6 +383,69 @@ async def test_lease_never_retains_a_socket_that_closed_meanwhile(world: World) 
     assert sock(session).close_calls == 1
 
 
+# -- a continuation of a response still being generated ---------------------------------------
+
+
+async def test_nothing_being_generated_settles_at_once(world: World) -> None:
+    assert await world.registry.settled("resp_unknown", world.owner, UP, timeout=0)
+
+
+async def test_a_continuation_waits_for_the_turn_generating_its_response(world: World) -> None:
+    session = await world.open()
+    release = asyncio.Event()
+
+    async def generating_turn() -> None:
+        async with world.registry.lease(session) as lease:
+            world.registry.producing(session, "resp_1")
+            await release.wait()
+            lease.retain_as = "resp_1"
+
+    task = asyncio.create_task(generating_turn())
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(world.registry.settled("resp_1", world.owner, UP, timeout=5))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    assert world.route("resp_1") == Decision(Route.NOT_FOUND)  # what it would get without waiting
+    release.set()
+    assert await waiter
+    await task
+    assert world.route("resp_1").session is session  # retained before the waiter resumed
+    assert session.producing is None
+
+
+async def test_a_turn_that_ends_without_retaining_releases_the_waiters(world: World) -> None:
+    session = await world.open()
+    async with world.registry.lease(session):
+        world.registry.producing(session, "resp_1")
+        waiter = asyncio.create_task(world.registry.settled("resp_1", world.owner, UP, timeout=5))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+    assert await waiter
+    assert world.route("resp_1") == Decision(Route.NOT_FOUND)
+    assert sock(session).close_calls == 1
+
+
+async def test_waiting_is_bounded(world: World) -> None:
+    session = await world.open()
+    async with world.registry.lease(session) as lease:
+        world.registry.producing(session, "resp_1")
+        assert not await world.registry.settled("resp_1", world.owner, UP, timeout=0.01)
+        lease.retain_as = "resp_1"
+    assert await world.registry.settled("resp_1", world.owner, UP, timeout=0)
+
+
+@pytest.mark.parametrize("stranger", ["owner", "upstream"])
+async def test_another_owner_never_waits_on_a_response_being_generated(
+    world: World, stranger: str
+) -> None:
+    session = await world.open()
+    owner = world.registry.owner_of(BOB) if stranger == "owner" else world.owner
+    upstream = OTHER_UP if stranger == "upstream" else UP
+    async with world.registry.lease(session):
+        world.registry.producing(session, "resp_1")
+        assert await world.registry.settled("resp_1", owner, upstream, timeout=5)
+
+
 # -- open / capacity --------------------------------------------------------------------------
 
 

@@ -155,3 +155,17 @@ class ChainBusy(InvalidRequest):
             "socket, and responses_bridge_rehydrate is off so it cannot be forked; retry later.",
             param="previous_response_id",
         )
+
+
+class ResponseInProgress(InvalidRequest):
+    """The response a request continues was still being generated when the wait ran out (409)."""
+
+    status = 409
+    code = "previous_response_in_progress"
+
+    def __init__(self, response_id: str, waited: float) -> None:
+        super().__init__(
+            f"Response '{response_id}' is still being generated: it did not finish within "
+            f"{waited:g} s (responses_bridge_drain_timeout); retry once it has completed.",
+            param="previous_response_id",
+        )

@@ -58,6 +58,8 @@ class Exchange:
     attempts: list[dict[str, Any]] = field(default_factory=list)  # what went over the websocket
     first_event_at: float | None = None
     rate_limits: dict[str, Any] | None = None
+    # Called with the response id when the upstream announces it (response.created).
+    on_created: Callable[[str], None] | None = None
     error_code: str | None = None
     retried: bool = False
     last_event_at: float = field(default_factory=time.monotonic)
@@ -86,7 +88,13 @@ class Exchange:
             self.attempts[-1]["events"].append(
                 {"t_ms": round((now - self.started) * 1000, 1), "event": event}
             )
-        if event.get("type") == "codex.rate_limits":
+        kind = event.get("type")
+        if kind == "response.created":
+            response = event.get("response")
+            response_id = response.get("id") if isinstance(response, dict) else None
+            if isinstance(response_id, str) and self.on_created is not None:
+                self.on_created(response_id)
+        elif kind == "codex.rate_limits":
             self.rate_limits = event
 
     def delivered(self) -> None:

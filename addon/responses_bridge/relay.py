@@ -24,6 +24,7 @@ from responses_bridge.aggregate import (
 from responses_bridge.chaining import chain_key, item_digests
 from responses_bridge.errors import (
     BridgeError,
+    ResponseInProgress,
     UpstreamProtocolError,
     UpstreamResponseError,
     UpstreamTimeout,
@@ -74,6 +75,16 @@ async def answer(
                 exchange.upstream_url,
                 redact_headers(forwardable_headers(request.headers)),
             )
+        # A follow-up of a response still being generated (a client that left mid-stream and
+        # continued at once) waits for it rather than finding nothing.
+        if (
+            turn.previous_id is not None
+            and settings.stateful
+            and not await registry.settled(
+                turn.previous_id, turn.owner, exchange.upstream_url, timeout=settings.drain_timeout
+            )
+        ):
+            raise ResponseInProgress(turn.previous_id, settings.drain_timeout)
         plan = planning.first_plan(registry, exchange, turn)
         for attempt_number in (1, 2):
             session = plan.session or await registry.open(
@@ -86,6 +97,7 @@ async def answer(
                 exchange.after_delivery = partial(
                     registry.keep_warm, turn.owner, exchange.upstream_url, connect
                 )
+            exchange.on_created = partial(registry.producing, session)
             exchange.socket_state = plan.label
             exchange.socket_age = registry.clock() - session.opened_at
             exchange.events = 0

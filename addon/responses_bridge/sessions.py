@@ -59,6 +59,7 @@ class Session:
     continuing: str | None = None  # the previous_response_id of the turn in flight
     busy: bool = True
     chain_key: tuple[str, int, str] | None = None  # automatic chaining index entry (idle only)
+    producing: str | None = None  # the id of the response the turn in flight is generating
 
 
 @dataclass(eq=False)
@@ -151,6 +152,9 @@ class Registry:
     # Warm sockets handed out and not yet replaced, per pool: a replacement may evict the least
     # recently used idle socket when the registry is full (a fresh request would evict it anyway).
     _owed: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Responses being generated (announced by response.created, turn not yet ended): a
+    # continuation that arrives meanwhile waits for the turn instead of finding nothing.
+    _producing: dict[str, tuple[Session, asyncio.Event]] = field(default_factory=dict)
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -191,6 +195,32 @@ class Registry:
         if upstream_resolves:
             return Decision(Route.PASS)
         return Decision(Route.NOT_FOUND)
+
+    def producing(self, session: Session, response_id: str) -> None:
+        """The turn in flight on ``session`` is generating ``response_id``."""
+        self._end_production(session)
+        session.producing = response_id
+        self._producing[response_id] = (session, asyncio.Event())
+
+    async def settled(self, response_id: str, owner: str, upstream: str, *, timeout: float) -> bool:
+        """Wait until the turn generating ``response_id`` (if one of this owner's is) has ended
+        and its socket is retained or closed; False if it is still going after ``timeout``."""
+        entry = self._producing.get(response_id)
+        if entry is None or (entry[0].owner, entry[0].upstream) != (owner, upstream):
+            return True
+        try:
+            await asyncio.wait_for(entry[1].wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _end_production(self, session: Session) -> None:
+        if session.producing is not None:
+            entry = self._producing.get(session.producing)
+            if entry is not None and entry[0] is session:
+                del self._producing[session.producing]
+                entry[1].set()
+            session.producing = None
 
     def route_auto(
         self, owner: str, upstream: str, keys: list[tuple[str, int, str]]
@@ -345,10 +375,15 @@ class Registry:
         finally:
             self._in_flight_from.pop(session.continuing or "", None)
             session.continuing = None
-            if lease.retain_as is not None and not session.socket.closed:
+            retain = lease.retain_as is not None and not session.socket.closed
+            if retain:
+                assert lease.retain_as is not None
                 self._retain(session, lease.retain_as, lease.chain_key)
             else:
                 self._forget(session)
+            # Waiters resume after this: the socket is already retained (or forgotten).
+            self._end_production(session)
+            if not retain:
                 await session.socket.close()
 
     def _retain(
