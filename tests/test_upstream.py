@@ -90,6 +90,31 @@ def test_proxy_url_brackets_an_ipv6_host() -> None:
     assert (parsed.host, parsed.port) == ("::1", 8080)
 
 
+async def test_a_refusing_ipv6_proxy_is_named_with_brackets() -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    try:
+        server = await asyncio.start_server(refuse, "::1", 0)
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback")
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(UpstreamUnavailable) as caught:
+            await open_socket(
+                "ws://upstream.test:9/v1/responses",
+                [],
+                connect_timeout=5,
+                proxy=proxy_url("http", "::1", port, "user:s3cret"),
+            )
+    assert f"http://[::1]:{port} refused" in caught.value.message
+    assert "HTTP 403 Forbidden" in caught.value.message
+    assert "upstream_auth" not in caught.value.message  # only a 407 is about credentials
+    assert "s3cret" not in caught.value.message
+
+
 async def test_a_proxy_refusing_with_407_names_the_status_not_the_password() -> None:
     seen: list[list[str]] = []
 

@@ -90,15 +90,18 @@ def proxy_url(scheme: str, host: str, port: int, auth: str | None) -> str:
     if auth:
         user, _, password = auth.partition(":")
         userinfo = f"{quote(user, safe='')}:{quote(password, safe='')}@"
-    shown_host = f"[{host}]" if ":" in host else host
-    return f"{scheme}://{userinfo}{shown_host}:{port}"
+    return f"{scheme}://{userinfo}{_bracketed(host)}:{port}"
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _proxy_address(proxy: str) -> str:
     """``proxy`` without its credentials, for messages and logs."""
     try:
         parts = urlsplit(proxy)
-        return f"{parts.scheme}://{parts.hostname}:{parts.port}"
+        return f"{parts.scheme}://{_bracketed(parts.hostname or '')}:{parts.port}"
     except ValueError:
         return "(an unparsable proxy URL)"
 
