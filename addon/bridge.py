@@ -193,6 +193,13 @@ class ResponsesBridge:
             "Largest transcript kept per chain for rehydration; a longer chain is not rehydrated.",
         )
         loader.add_option(
+            "responses_bridge_transcripts_total_bytes",
+            int,
+            256 * 1024 * 1024,
+            "Bytes (as compact JSON) of all kept transcripts together; beyond it the least "
+            "recently used chains' transcripts are dropped.",
+        )
+        loader.add_option(
             "responses_bridge_connect_timeout",
             str,
             "15",
@@ -245,6 +252,7 @@ class ResponsesBridge:
             "responses_bridge_max_body_bytes",
             "responses_bridge_max_sessions",
             "responses_bridge_transcript_max_bytes",
+            "responses_bridge_transcripts_total_bytes",
         ):
             if getattr(opts, name) <= 0:
                 raise exceptions.OptionsError(f"{name} must be positive")
@@ -279,6 +287,7 @@ class ResponsesBridge:
             "responses_bridge_max_socket_age", opts.responses_bridge_max_socket_age
         )
         limits.transcript_max_bytes = opts.responses_bridge_transcript_max_bytes
+        limits.transcripts_total_bytes = opts.responses_bridge_transcripts_total_bytes
         limits.keep_transcripts = opts.responses_bridge_rehydrate
         if opts.responses_bridge_warm_sockets < 0:
             raise exceptions.OptionsError("responses_bridge_warm_sockets must be 0 or more")
@@ -406,7 +415,13 @@ class ResponsesBridge:
     @command.command("responses_bridge.stats")
     def stats(self) -> str:
         """Counters: requests, streamed, reused, rehydrated, forked, errors by kind, bytes."""
-        return json.dumps({**self._stats.as_dict(), "open_sockets": self._registry.open_sockets})
+        return json.dumps(
+            {
+                **self._stats.as_dict(),
+                "open_sockets": self._registry.open_sockets,
+                "transcript_bytes": self._registry.transcript_bytes,
+            }
+        )
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -171,6 +171,7 @@ async def test_commands_in_process() -> None:
         assert stats["requests"] == 3 and stats["streamed"] == 1 and stats["json"] == 2
         assert stats["errors"] == {"bad": 1}
         assert stats["open_sockets"] == 2 and stats["bytes_relayed"] > 0
+        assert stats["transcript_bytes"] == sum(row["transcript_bytes"] for row in rows) > 0
         closed = master.commands.execute(f"responses_bridge.close {one.json()['id']}")
         assert closed == "closed 1 session(s)"
         assert master.commands.execute("responses_bridge.close all") == "closed 1 session(s)"

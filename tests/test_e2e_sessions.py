@@ -245,6 +245,24 @@ def test_transcript_over_the_limit_is_not_rehydrated(
     assert caught.value.code == "previous_response_not_found"
 
 
+def test_transcripts_total_bytes_drops_the_least_recently_used_chain(
+    fake: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    # Room for one of these chains' transcripts (each ~1.2 KB), not two.
+    bridge = start_bridge(
+        fake, "responses_bridge_max_sessions=1", "responses_bridge_transcripts_total_bytes=2000"
+    )
+    client = client_for(bridge)
+    a1, _ = turn(client, "a1 " + "a" * 1000)
+    b1, _ = turn(client, "b1 " + "b" * 1000)  # evicts a1's socket, and a1's transcript
+    wait_until(lambda: fake.open_sockets == 1)
+    with pytest.raises(openai.BadRequestError) as caught:
+        turn(client, "a2", a1.id)
+    assert caught.value.code == "previous_response_not_found"
+    b2, label = turn(client, "b2", b1.id)  # b1's socket is still there
+    assert label == "reused" and context_count(b2.output_text) == 2
+
+
 def test_all_sockets_busy_is_503(fake: FakeUpstream, start_bridge: StartBridge) -> None:
     bridge = start_bridge(fake, "responses_bridge_max_sessions=1")
     client = client_for(bridge)

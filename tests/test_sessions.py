@@ -6,6 +6,7 @@ Plain values only: a fake socket and an injected clock, no network and no real t
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from typing import Any
 
@@ -675,6 +676,91 @@ async def test_chains_are_least_recently_used() -> None:
     assert third is not None and fourth is not None
     # An evicted parent still serves its descendants' transcripts.
     assert third.transcript() == [msg("q1"), msg("q3")]
+
+
+def held_bytes(registry: Registry) -> int:
+    """The bytes of every segment reachable from a recorded node, each counted once."""
+    seen: dict[int, int] = {}
+    for node in registry._chains.values():
+        current: ChainNode | None = node
+        while current is not None and id(current) not in seen:
+            seen[id(current)] = current.segment_bytes
+            current = current.parent
+    return sum(seen.values())
+
+
+async def test_transcript_bytes_count_each_segment_once(world: World) -> None:
+    turns = [[msg("q1")], [msg("a1", "assistant"), msg("q2")], [msg("a2", "assistant")]]
+    node = None
+    for number, items in enumerate(turns, 1):
+        node = world.record(f"resp_{number}", items, node, continues=node is not None)
+    world.record("resp_b", [msg("other chain")])
+    expected = sum(items_size(items) for items in turns) + items_size([msg("other chain")])
+    assert world.registry.transcript_bytes == expected == held_bytes(world.registry)
+
+
+async def test_older_turns_count_while_a_later_turn_links_to_them() -> None:
+    world = World(max_chains=1)
+    first = world.record("resp_1", [msg("q1")])
+    second = world.record("resp_2", [msg("q2")], first, continues=True)
+    assert second is not None
+    assert world.registry.chain("resp_1", world.owner, UP) is None  # evicted by count...
+    size_1, size_2 = items_size([msg("q1")]), items_size([msg("q2")])
+    assert world.registry.transcript_bytes == size_1 + size_2  # ...but still held by resp_2
+    world.record("resp_3", [msg("q3")])
+    assert world.registry.transcript_bytes == items_size([msg("q3")])
+
+
+async def test_a_parent_dropped_before_its_child_is_recorded_is_counted_again() -> None:
+    world = World(max_chains=1)
+    first = world.record("resp_1", [msg("q1")])  # a turn continuing it starts here...
+    world.record("resp_x", [msg("qx")])  # ...meanwhile resp_1 is evicted and released
+    assert world.registry.transcript_bytes == items_size([msg("qx")])
+    second = world.record("resp_2", [msg("q2")], first, continues=True)  # ...and it ends
+    assert second is not None and second.transcript() == [msg("q1"), msg("q2")]
+    assert world.registry.transcript_bytes == items_size([msg("q1"), msg("q2")])
+    world.record("resp_y", [msg("qy")])
+    assert world.registry.transcript_bytes == items_size([msg("qy")])
+
+
+async def test_the_total_budget_drops_the_least_recently_used_chains() -> None:
+    one_chain = items_size([msg("q" * 100)]) + items_size([msg("a" * 100, "assistant")])
+    world = World(transcripts_total_bytes=2 * one_chain)
+    heads = []
+    for name in ("a", "b"):
+        root = world.record(f"resp_{name}1", [msg("q" * 100)])
+        heads.append(
+            world.record(f"resp_{name}2", [msg("a" * 100, "assistant")], root, continues=True)
+        )
+    assert world.registry.transcript_bytes == 2 * one_chain
+    assert world.route("resp_a2").route is Route.REHYDRATE  # chain a is used: b is older now
+    root = world.record("resp_c1", [msg("q" * 100)])
+    world.record("resp_c2", [msg("a" * 100, "assistant")], root, continues=True)
+    assert world.registry.transcript_bytes <= 2 * one_chain
+    assert world.route("resp_b2") == Decision(Route.NOT_FOUND)
+    assert world.route("resp_a2") == Decision(Route.REHYDRATE, node=heads[0])
+    assert heads[0] is not None
+    assert heads[0].transcript() == [msg("q" * 100), msg("a" * 100, "assistant")]
+    assert world.registry.transcript_bytes == held_bytes(world.registry)
+
+
+@pytest.mark.parametrize("seed", range(20))
+async def test_transcript_bytes_stay_exact_and_bounded(seed: int) -> None:
+    """Random chains, forks, replaced ids and parents evicted mid-turn: the counter always
+    equals what is really held, and stays within the budget."""
+    rng = random.Random(seed)
+    budget = 2000
+    world = World(max_chains=rng.randint(1, 8), transcripts_total_bytes=budget)
+    known: list[ChainNode] = []
+    for step in range(200):
+        parent = rng.choice(known) if known and rng.random() < 0.7 else None
+        response_id = f"resp_{rng.randint(0, 40) if rng.random() < 0.2 else step + 100}"
+        items = [msg("x" * rng.randint(1, 300))]
+        node = world.record(response_id, items, parent, continues=parent is not None)
+        assert node is not None
+        known.append(node)
+        assert world.registry.transcript_bytes == held_bytes(world.registry)
+        assert world.registry.transcript_bytes <= budget
 
 
 # -- sweep, close_all, snapshot ---------------------------------------------------------------

@@ -72,6 +72,9 @@ class ChainNode:
     parent: ChainNode | None
     segment: list[dict[str, Any]] | None  # None: the transcript was not kept (too large)
     total_bytes: int
+    segment_bytes: int = 0  # what its own segment counts in ``Registry.transcript_bytes``
+    held: bool = False  # counted there (see ``Registry._hold``)
+    children: int = 0  # held nodes whose parent this is
 
     @property
     def kept(self) -> bool:
@@ -119,6 +122,7 @@ class Limits:
     session_ttl: float = 600.0
     max_socket_age: float = 55 * 60.0
     transcript_max_bytes: int = 16 * 1024 * 1024
+    transcripts_total_bytes: int = 256 * 1024 * 1024  # every kept transcript together
     keep_transcripts: bool = True
     warm_sockets: int = 1  # pre-opened sockets kept per owner and upstream for fresh requests
     max_chains: int | None = None  # default: 8 * max_sessions
@@ -155,6 +159,8 @@ class Registry:
     # Responses being generated (announced by response.created, turn not yet ended): a
     # continuation that arrives meanwhile waits for the turn instead of finding nothing.
     _producing: dict[str, tuple[Session, asyncio.Event]] = field(default_factory=dict)
+    # Bytes of transcript segments held: by a node in ``_chains`` or as an ancestor of one.
+    transcript_bytes: int = 0
 
     # -- identity ----------------------------------------------------------------------------
 
@@ -440,7 +446,8 @@ class Registry:
         """
         if not self.limits.keep_transcripts:
             return None
-        size = items_size(items) + (parent.total_bytes if parent is not None else 0)
+        own_bytes = items_size(items)
+        size = own_bytes + (parent.total_bytes if parent is not None else 0)
         kept = (
             parent.segment is not None if parent is not None else not continues
         ) and size <= self.limits.transcript_max_bytes
@@ -451,12 +458,47 @@ class Registry:
             parent if kept else None,
             items if kept else None,
             size,
+            segment_bytes=own_bytes if kept else 0,
         )
+        replaced = self._chains.pop(response_id, None)
         self._chains[response_id] = node
-        self._chains.move_to_end(response_id)
-        while len(self._chains) > self.limits.chain_capacity:
-            self._chains.popitem(last=False)
+        self._hold(node)
+        if replaced is not None:
+            self._release(replaced)
+        while self._chains and (
+            len(self._chains) > self.limits.chain_capacity
+            or self.transcript_bytes > self.limits.transcripts_total_bytes
+        ):
+            _id, evicted = self._chains.popitem(last=False)
+            self._release(evicted)
         return node
+
+    # A node is held (its segment counted in ``transcript_bytes``) while it is in ``_chains`` or
+    # an ancestor of a held node: evicting a chain's older turns frees nothing while its later
+    # turns still link to them.
+
+    def _hold(self, node: ChainNode) -> None:
+        current: ChainNode | None = node
+        while current is not None and not current.held:
+            current.held = True
+            self.transcript_bytes += current.segment_bytes
+            if current.parent is not None:
+                current.parent.children += 1
+            current = current.parent
+
+    def _release(self, node: ChainNode) -> None:
+        current: ChainNode | None = node
+        while (
+            current is not None
+            and current.held
+            and current.children == 0
+            and self._chains.get(current.response_id) is not current
+        ):
+            current.held = False
+            self.transcript_bytes -= current.segment_bytes
+            if current.parent is not None:
+                current.parent.children -= 1
+            current = current.parent
 
     # -- housekeeping ------------------------------------------------------------------------
 
