@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 
 import httpx
 import openai
 import pytest
+import zstandard
 
 from tests.conftest import StartBridge
 from tests.fake_upstream import FakeUpstream
@@ -231,6 +233,58 @@ def test_body_too_large_is_413(fake: FakeUpstream, start_bridge: StartBridge) ->
     bridge = start_bridge(fake, "responses_bridge_max_body_bytes=1000")
     assert_error_body(post(bridge, {"model": "m", "input": "x" * 2000}), 413)
     assert fake.connections == 0
+
+
+def post_encoded(bridge: Mitmdump, data: bytes, coding: str) -> httpx.Response:
+    return httpx.post(
+        f"{bridge.base_url}/responses",
+        content=data,
+        headers={
+            "authorization": "Bearer sk-test",
+            "content-type": "application/json",
+            "content-encoding": coding,
+        },
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("coding", ["zstd", "gzip"])
+def test_a_compressed_request_body_is_decoded(
+    shared_bridge: Mitmdump, coding: str, stream: bool
+) -> None:
+    # The Codex CLI sends its requests to the ChatGPT backend zstd-compressed (level 3).
+    body = json.dumps({"model": "m", "input": "squeezed " * 200, "stream": stream}).encode()
+    data = (
+        zstandard.ZstdCompressor(level=3).compress(body)
+        if coding == "zstd"
+        else gzip.compress(body)
+    )
+    response = post_encoded(shared_bridge, data, coding)
+    assert response.status_code == 200, response.text[:300]
+    if stream:
+        assert "event: response.completed" in response.text
+        assert "echo: squeezed squeezed" in response.text
+    else:
+        assert response.json()["output"][0]["content"][0]["text"].startswith("echo: squeezed")
+
+
+def test_bad_compressed_bodies_get_clear_errors(
+    shared_bridge: Mitmdump, shared_fake: FakeUpstream
+) -> None:
+    before = shared_fake.connections
+    error = assert_error_body(post_encoded(shared_bridge, b"{}", "br"), 415)
+    assert error["code"] == "unsupported_content_encoding"
+    error = assert_error_body(post_encoded(shared_bridge, b"not zstd at all", "zstd"), 400)
+    assert error["code"] == "invalid_body_encoding"
+    # 1 GiB of zeros in ~32 KiB: stopped at responses_bridge_max_body_bytes (32 MiB).
+    compressor = zstandard.ZstdCompressor(level=3)
+    writer = compressor.compressobj()
+    zero = bytes(1024 * 1024)
+    bomb = b"".join(writer.compress(zero) for _ in range(1024)) + writer.flush()
+    error = assert_error_body(post_encoded(shared_bridge, bomb, "zstd"), 413)
+    assert "decompresses (zstd) to more than" in str(error["message"])
+    assert shared_fake.connections == before  # nothing was sent upstream
 
 
 def test_proxy_keeps_serving_after_failures(client: openai.OpenAI) -> None:

@@ -21,6 +21,7 @@ from responses_bridge.aggregate import (
     error_object,
     error_status,
 )
+from responses_bridge.bodies import decode_body
 from responses_bridge.chaining import chain_key, item_digests
 from responses_bridge.errors import (
     BridgeError,
@@ -55,7 +56,10 @@ async def answer(
     settings = exchange.settings
     exchange.sink = sink
     try:
-        client = parse_client_request(request.body, max_bytes=settings.max_body_bytes)
+        body = decode_body(
+            request.body, request.header("content-encoding"), settings.max_body_bytes
+        )
+        client = parse_client_request(body, max_bytes=settings.max_body_bytes)
         exchange.stream = client.stream
         if client.stream:
             sink.stream_chunks_to(exchange.sse_body.extend)  # kept for the flow once it finishes
