@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import ssl
+import time
 from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
@@ -41,6 +42,9 @@ _INTERNAL_HEADERS = (SECRET_HEADER, FLOW_HEADER)
 # the loopback server (normally well under a millisecond; a flow that never gets there is ended
 # earlier by the ``response``/``error`` hooks).
 _ATTACH_TIMEOUT = 30.0
+# How long an upstream that refused the websocket upgrade with 426 ("no websocket mode"; or 404,
+# 405) gets its Responses requests passed through over HTTP before its websocket is tried again.
+_HTTP_ONLY_SECONDS = 600.0
 
 
 class _Original(NamedTuple):
@@ -51,6 +55,7 @@ class _Original(NamedTuple):
     port: int
     authority: str
     host_header: str | None
+    server_conn: connection.Server
 
 
 def _seconds(name: str, value: str, *, allow_zero: bool = False) -> float:
@@ -81,6 +86,7 @@ class ResponsesBridgeEarlyStart:
             # Hold this flow's hook (not mitmproxy) until the frame is sent: otherwise the turn's
             # first step queues behind mitmproxy's own per-hook work for this flow.
             await exchange.dispatched.wait()
+            self._bridge.fall_back_to_http(flow, exchange)
 
 
 class ResponsesBridge:
@@ -94,6 +100,10 @@ class ResponsesBridge:
         self._server_task: asyncio.Task[None] | None = None
         self._exchanges: dict[str, Exchange] = {}
         self._originals: dict[str, _Original] = {}
+        # Upstreams without a websocket mode (426 on the upgrade) -> until when to pass through.
+        self._http_only: dict[str, float] = {}
+        # Flows passed through over HTTP instead -> their SSE body, kept for inspection.
+        self._passed_through: dict[str, bytearray] = {}
         self._registry = sessions.Registry()
         self._stats = report.Stats()
         self._view = view.make_view()
@@ -344,13 +354,21 @@ class ResponsesBridge:
         upstream_url = ctx.options.responses_bridge_upstream or translate.upstream_url_for(
             request.scheme, request.host, request.port, request.path
         )
+        if self._http_only.get(upstream_url, 0.0) > time.monotonic():
+            self._passed_through[flow.id] = bytearray()
+            return
         settings = self._settings
         proxy = _upstream_proxy(flow)
         if proxy is not None:
             settings = dataclasses.replace(settings, proxy=proxy)
         self._exchanges[flow.id] = Exchange(flow.id, upstream_url, settings)
         self._originals[flow.id] = _Original(
-            request.scheme, request.host, request.port, request.authority, request.host_header
+            request.scheme,
+            request.host,
+            request.port,
+            request.authority,
+            request.host_header,
+            flow.server_conn,
         )
         # A direct server connection: in upstream mode the internal hop must not go via the proxy.
         flow.server_conn = connection.Server(address=None)
@@ -366,6 +384,17 @@ class ResponsesBridge:
             self._restore(flow)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        kept = self._passed_through.get(flow.id)
+        if kept is not None:
+            assert flow.response is not None
+            if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+                # Stream it as it comes (mitmproxy would buffer the whole answer), keeping a copy.
+                def tee(chunk: bytes, kept: bytearray = kept) -> bytes:
+                    kept.extend(chunk)
+                    return chunk
+
+                flow.response.stream = tee
+            return
         if flow.id not in self._originals:
             return
         self._restore(flow)
@@ -375,9 +404,17 @@ class ResponsesBridge:
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._restore(flow)
+        kept = self._passed_through.pop(flow.id, None)
+        if kept is not None:
+            assert flow.response is not None
+            if flow.response.raw_content is None:
+                flow.response.content = bytes(kept)
+            return
         exchange = self._exchanges.pop(flow.id, None)
         if exchange is None:
             return
+        if exchange.no_websocket_mode:
+            self._mark_http_only(exchange.upstream_url)
         if exchange.sink is not None and not exchange.sink.attached:
             exchange.client_gone()  # answered by something else: never reached the bridge
         assert flow.response is not None
@@ -388,6 +425,7 @@ class ResponsesBridge:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._restore(flow)
+        self._passed_through.pop(flow.id, None)
         exchange = self._exchanges.pop(flow.id, None)
         if exchange is not None:
             exchange.client_gone()
@@ -457,6 +495,36 @@ class ResponsesBridge:
         task.add_done_callback(lambda _task: exchange.dispatched.set())  # even if cancelled
         exchange.task = task
         return exchange
+
+    def fall_back_to_http(self, flow: http.HTTPFlow, exchange: Exchange) -> None:
+        """After an early start: if the upstream has no websocket mode (426, 404 or 405 on the
+        upgrade) and nothing reached the client, send the request on as it came, over HTTP,
+        and do the same with this upstream's next requests for a while."""
+        original = self._originals.get(flow.id)
+        sink = exchange.sink
+        if not exchange.no_websocket_mode or original is None or sink is None or sink.attached:
+            return
+        self._exchanges.pop(flow.id, None)
+        exchange.client_gone()  # the answer that was waiting for the loopback hop is dropped
+        self._restore(flow)
+        flow.server_conn = original.server_conn
+        self._passed_through[flow.id] = bytearray()
+        self._mark_http_only(exchange.upstream_url)
+        note = (
+            f"responses-bridge: {exchange.upstream_url} has no websocket mode; "
+            "sent over HTTP as it came"
+        )
+        flow.comment = f"{flow.comment}\n{note}" if flow.comment else note
+
+    def _mark_http_only(self, upstream_url: str) -> None:
+        if self._http_only.get(upstream_url, 0.0) <= time.monotonic():
+            logger.info(
+                "responses-bridge: %s has no websocket mode (the upgrade was refused); its "
+                "Responses requests pass through over HTTP for the next %.0f s",
+                upstream_url,
+                _HTTP_ONLY_SECONDS,
+            )
+        self._http_only[upstream_url] = time.monotonic() + _HTTP_ONLY_SECONDS
 
     async def _answer_early(
         self, exchange: Exchange, request: IncomingRequest, sink: ClientSink

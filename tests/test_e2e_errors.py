@@ -188,7 +188,7 @@ def test_close_after_completed_still_answers(client: openai.OpenAI) -> None:
     assert response.output_text.startswith("echo: x")
 
 
-@pytest.mark.parametrize("status", [401, 403, 404, 426, 500, 503])
+@pytest.mark.parametrize("status", [401, 403, 500, 503])
 def test_upgrade_rejection_status_passes_through(
     fake: FakeUpstream, start_bridge: StartBridge, status: int
 ) -> None:
@@ -199,6 +199,59 @@ def test_upgrade_rejection_status_passes_through(
             post(bridge, {"model": "m", "input": "x", "stream": stream}), status
         )
         assert str(status) in str(error["message"])
+
+
+@pytest.mark.parametrize("refusal", [426, 404, 405])
+def test_an_upstream_without_websocket_mode_is_passed_through_over_http(
+    fake: FakeUpstream, start_bridge: StartBridge, refusal: int
+) -> None:
+    fake.http_responses = True  # it answers POST /v1/responses over HTTP...
+    fake.handshake_status = refusal  # ...and refuses the websocket upgrade
+    bridge = start_bridge(fake)
+    for stream in (True, False):
+        response = post(bridge, {"model": "m", "input": f"plain {stream}", "stream": stream})
+        assert response.status_code == 200, response.text[:300]
+        assert "x-responses-bridge" not in response.headers  # the upstream's own answer
+        if stream:
+            assert "event: response.completed" in response.text
+        else:
+            assert response.json()["output"][0]["content"][0]["text"].startswith("echo: plain")
+    # The upgrade was tried once; the bridge remembers, and the internal headers never left.
+    assert len(fake.handshake_headers) == 1
+    assert [r["path"] for r in fake.http_requests] == ["/v1/responses", "/v1/responses"]
+    assert all(
+        not k.startswith("x-responses-bridge") for r in fake.http_requests for k in r["headers"]
+    )
+    bridge.wait_for_log(r"has no websocket mode \(the upgrade was refused\)")
+    # Streamed as it comes, not buffered: the first delta arrives while the upstream still
+    # holds the rest of the answer (it goes silent after two deltas).
+    with httpx.stream(
+        "POST",
+        f"{bridge.base_url}/responses",
+        json={"model": "m", "input": "x fake:silent fake:phase=mid", "stream": True},
+        timeout=httpx.Timeout(10),
+    ) as streamed:
+        assert streamed.status_code == 200
+        lines = streamed.iter_lines()
+        assert next(line for line in lines if line.startswith("event: ")) == (
+            "event: response.created"
+        )
+        assert any(line == "event: response.output_text.delta" for line in lines)
+
+
+def test_without_the_early_start_the_refusal_is_answered_once_then_passed_through(
+    fake: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    fake.http_responses = True
+    fake.handshake_status = 426
+    # Streamed request bodies are answered by the loopback server, not from the request hook.
+    bridge = start_bridge(fake, "stream_large_bodies=1")
+    error = assert_error_body(post(bridge, {"model": "m", "input": "first"}), 426)
+    assert "no websocket mode" in str(error["message"])
+    second = post(bridge, {"model": "m", "input": "second"})
+    assert second.status_code == 200, second.text[:300]
+    assert second.json()["output"][0]["content"][0]["text"].startswith("echo: second")
+    assert len(fake.handshake_headers) == 1
 
 
 def test_connect_refused_is_502(start_bridge: StartBridge) -> None:

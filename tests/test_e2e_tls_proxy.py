@@ -236,3 +236,24 @@ def test_upstream_proxy_refusing_the_credentials_is_a_clear_502(
     assert "wrong-s3cret" not in got.text
     assert not any("wrong-s3cret" in line for line in bridge.lines)
     assert fake.connections == 0
+
+
+def test_the_http_fallback_goes_through_the_upstream_proxy_too(
+    fake: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    fake.http_responses = True
+    fake.handshake_status = 426  # no websocket mode: the request goes on over HTTP
+    with RecordingProxy() as proxy:
+        bridge = start_bridge(None, mode=f"upstream:http://127.0.0.1:{proxy.port}")
+        with httpx.Client(proxy=f"http://127.0.0.1:{bridge.port}", trust_env=False) as client:
+            got = client.post(f"http://127.0.0.1:{fake.port}/v1/responses", json=BODY, timeout=30)
+        lines = [line for line, _headers in proxy.requests]
+        # The websocket attempt (CONNECT), then the request itself, both via the proxy (which
+        # answers plain requests with 502 itself) and never straight to the upstream.
+        assert lines == [
+            f"CONNECT 127.0.0.1:{fake.port} HTTP/1.1",
+            f"POST http://127.0.0.1:{fake.port}/v1/responses HTTP/1.1",
+        ]
+        assert got.status_code == 502 and got.content == b""
+        assert fake.http_requests == []
+        assert not [k for _l, h in proxy.requests for k in h if k.startswith("x-responses-bridge")]

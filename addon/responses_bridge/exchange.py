@@ -60,6 +60,7 @@ class Exchange:
     rate_limits: dict[str, Any] | None = None
     # Called with the response id when the upstream announces it (response.created).
     on_created: Callable[[str], None] | None = None
+    no_websocket_mode: bool = False  # the upgrade was refused with 404, 405 or 426
     error_code: str | None = None
     retried: bool = False
     last_event_at: float = field(default_factory=time.monotonic)

@@ -27,6 +27,7 @@ from responses_bridge.errors import (
     BridgeError,
     ResponseInProgress,
     UpstreamProtocolError,
+    UpstreamRejected,
     UpstreamResponseError,
     UpstreamTimeout,
 )
@@ -46,6 +47,9 @@ from responses_bridge.upstream import UpstreamSocket, open_socket
 logger = logging.getLogger(__name__)
 
 _MAX_EVENTS_BEFORE_CREATED = 1000
+# Upgrade refusals that say "no websocket endpoint here" (426 by the protocol; 404/405 from
+# servers that only route POST): the request can still go over HTTP as it came.
+NO_WEBSOCKET_MODE_STATUSES = frozenset({404, 405, 426})
 _MAX_BATCH_BYTES = 64 * 1024
 
 
@@ -149,6 +153,9 @@ async def answer(
     except BridgeError as exc:
         exchange.error = f"{type(exc).__name__}: {exc.message}"
         exchange.error_code = exc.code or type(exc).__name__
+        exchange.no_websocket_mode = (
+            isinstance(exc, UpstreamRejected) and exc.status in NO_WEBSOCKET_MODE_STATUSES
+        )
         if not sink.started:
             await sink.send_json(exc.status, exc.body(), list(exc.headers.items()))
         elif not sink.finished:
