@@ -5,11 +5,13 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import zstandard
+from mitmproxy import io
 
 from tests.conftest import StartBridge
 from tests.fake_upstream import FakeUpstream
@@ -203,11 +205,12 @@ def test_upgrade_rejection_status_passes_through(
 
 @pytest.mark.parametrize("refusal", [426, 404, 405])
 def test_an_upstream_without_websocket_mode_is_passed_through_over_http(
-    fake: FakeUpstream, start_bridge: StartBridge, refusal: int
+    fake: FakeUpstream, start_bridge: StartBridge, refusal: int, tmp_path: Path
 ) -> None:
     fake.http_responses = True  # it answers POST /v1/responses over HTTP...
     fake.handshake_status = refusal  # ...and refuses the websocket upgrade
-    bridge = start_bridge(fake)
+    saved = tmp_path / "flows.mitm"
+    bridge = start_bridge(fake, f"save_stream_file={saved}")
     for stream in (True, False):
         response = post(bridge, {"model": "m", "input": f"plain {stream}", "stream": stream})
         assert response.status_code == 200, response.text[:300]
@@ -237,6 +240,13 @@ def test_an_upstream_without_websocket_mode_is_passed_through_over_http(
             "event: response.created"
         )
         assert any(line == "event: response.output_text.delta" for line in lines)
+    bridge.stop()
+    with saved.open("rb") as file:
+        flows = list(io.FlowReader(file).stream())
+    streamed_flow, json_flow = flows[:2]
+    assert "no websocket mode; sent over HTTP as it came" in streamed_flow.comment
+    assert b"event: response.completed" in streamed_flow.response.content  # kept, though streamed
+    assert json_flow.response.json()["status"] == "completed"
 
 
 def test_without_the_early_start_the_refusal_is_answered_once_then_passed_through(
