@@ -387,7 +387,7 @@ class ResponsesBridge:
         kept = self._passed_through.get(flow.id)
         if kept is not None:
             assert flow.response is not None
-            if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+            if _is_event_stream(flow.response):
                 # Stream it as it comes (mitmproxy would buffer the whole answer), keeping a copy.
                 def tee(chunk: bytes, kept: bytearray = kept) -> bytes:
                     kept.extend(chunk)
@@ -399,7 +399,7 @@ class ResponsesBridge:
             return
         self._restore(flow)
         assert flow.response is not None
-        if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+        if _is_event_stream(flow.response):
             flow.response.stream = True
 
     def response(self, flow: http.HTTPFlow) -> None:
@@ -500,9 +500,10 @@ class ResponsesBridge:
         """After an early start: if the upstream has no websocket mode (426, 404 or 405 on the
         upgrade) and nothing reached the client, send the request on as it came, over HTTP,
         and do the same with this upstream's next requests for a while."""
+        # Nothing can have reached the client: this runs from the request hook, before mitmproxy
+        # sends the request to the loopback server that the answer would be written to.
         original = self._originals.get(flow.id)
-        sink = exchange.sink
-        if not exchange.no_websocket_mode or original is None or sink is None or sink.attached:
+        if not exchange.no_websocket_mode or original is None:
             return
         self._exchanges.pop(flow.id, None)
         exchange.client_gone()  # the answer that was waiting for the loopback hop is dropped
@@ -628,6 +629,11 @@ class ResponsesBridge:
         if exchange.error:
             line += f" · {exchange.error}"
         logger.info(line)
+
+
+def _is_event_stream(response: http.Response) -> bool:
+    content_type: str = response.headers.get("content-type", "")
+    return content_type.startswith("text/event-stream")
 
 
 def _upstream_proxy(flow: http.HTTPFlow) -> str | None:

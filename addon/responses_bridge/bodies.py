@@ -16,6 +16,7 @@ import zstandard
 from responses_bridge.errors import BodyTooLarge, InvalidRequest
 
 _OUT_CHUNK = 64 * 1024  # bytes of output per decoding step
+_GZIP = 16 + zlib.MAX_WBITS  # zlib's wbits for a gzip wrapper
 
 
 class UnsupportedContentEncoding(InvalidRequest):
@@ -79,9 +80,6 @@ def _zlib(body: bytes, wbits: int) -> Iterator[bytes]:
             return
         if wbits != _GZIP:  # only gzip allows members one after another
             raise _Corrupt("data after its end marker")
-
-
-_GZIP = 16 + zlib.MAX_WBITS
 
 
 def _gzip(body: bytes) -> Iterator[bytes]:

@@ -381,15 +381,14 @@ class Registry:
         finally:
             self._in_flight_from.pop(session.continuing or "", None)
             session.continuing = None
-            retain = lease.retain_as is not None and not session.socket.closed
-            if retain:
-                assert lease.retain_as is not None
-                self._retain(session, lease.retain_as, lease.chain_key)
+            retain_as = None if session.socket.closed else lease.retain_as
+            if retain_as is not None:
+                self._retain(session, retain_as, lease.chain_key)
             else:
                 self._forget(session)
             # Waiters resume after this: the socket is already retained (or forgotten).
             self._end_production(session)
-            if not retain:
+            if retain_as is None:
                 await session.socket.close()
 
     def _retain(
