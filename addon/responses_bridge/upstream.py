@@ -267,6 +267,11 @@ async def open_socket(
         raise UpstreamUnavailable(
             f"The websocket handshake with the upstream {url} failed: {exc}."
         ) from exc
+    except ValueError as exc:  # websockets lets urllib's "Port out of range" through
+        raise UpstreamUnavailable(
+            f"Cannot connect to the upstream {url}: the upstream proxy URL "
+            f"{_proxy_address(proxy or '')} is not valid ({exc})."
+        ) from exc
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         raise UpstreamUnavailable(f"Cannot connect to the upstream {url}: {reason}.") from exc
