@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import random
 from typing import Any
 
+import pytest
+
+from responses_bridge import chaining
 from responses_bridge.chaining import (
+    DigestMemo,
     candidate_keys,
     canonical_item,
     chain_key,
     fields_fingerprint,
     item_digests,
     prefix_digests,
+    same_json,
 )
 
 USER = {"role": "user", "content": "What is the weather in Oslo?"}
@@ -146,3 +153,106 @@ def test_digests_tell_json_types_apart_but_not_key_order() -> None:
 def test_chain_key_is_the_last_prefix_digest() -> None:
     for digests in ([], item_digests([USER]), item_digests([USER, ASSISTANT, CALL, RESULT])):
         assert chain_key("f", digests) == ("f", len(digests), prefix_digests(digests)[-1])
+
+
+# -- the digest memo: reuses the digests of a prefix an earlier request repeats exactly ----------
+
+
+def test_same_json_is_type_exact() -> None:
+    assert same_json({"a": [1, "x", None]}, {"a": [1, "x", None]})
+    assert same_json({"a": 1, "b": 2}, {"b": 2, "a": 1})  # key order is not JSON content
+    assert not same_json([1, 2], [2, 1])
+    for left, right in ((1, True), (1, 1.0), (0, False), (0.0, False), ("1", 1), (None, [])):
+        assert left == right or left != right  # whatever Python says...
+        assert not same_json({"v": left}, {"v": right})  # ...JSON tells them apart
+        assert not same_json([left], [right])
+    assert not same_json({"a": 1}, {"a": 1, "b": None})
+    assert not same_json({"a": 1}, {"b": 1})
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Spy on how many items the memo digests from scratch."""
+    counts: list[int] = []
+    plain = chaining.item_digests
+
+    def spy(items: Any) -> list[str]:
+        items = list(items)
+        counts.append(len(items))
+        return plain(items)
+
+    monkeypatch.setattr(chaining, "item_digests", spy)
+    return counts
+
+
+def test_memo_digests_only_what_a_full_history_request_adds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counts = _counting(monkeypatch)
+    memo = DigestMemo()
+    history: list[Any] = []
+    for turn in range(6):
+        message = {"role": "user", "content": f"turn {turn}"}
+        request = json.loads(json.dumps([*history, message]))  # new objects, as parsed
+        assert memo.item_digests(("o", "u", "f"), request, 100) == chaining.item_digests(request)
+        history += [message, {**ASSISTANT, "id": f"msg_{turn}"}]
+    # the first request digests its one item; each later one its echoed answer and new message
+    assert counts[0::2] == [1, 2, 2, 2, 2, 2]
+
+
+def test_memo_scopes_are_separate(monkeypatch: pytest.MonkeyPatch) -> None:
+    counts = _counting(monkeypatch)
+    memo = DigestMemo()
+    memo.item_digests(("o", "u", "f"), [USER, ASSISTANT], 10)
+    for scope in (("other", "u", "f"), ("o", "other", "f"), ("o", "u", "other")):
+        memo.item_digests(scope, [USER, ASSISTANT, RESULT], 10)
+    assert counts == [2, 3, 3, 3]
+
+
+def _mutated(item: Any, rng: random.Random) -> Any:
+    """An item changed in a way that may or may not keep its JSON the same."""
+    item = json.loads(json.dumps(item))
+    choice = rng.randrange(6)
+    if choice == 0:
+        item["n"] = rng.choice([1, True, 1.0, 0, False, 0.0, "1", None])
+    elif choice == 1:
+        item = dict(reversed(list(item.items())))  # same JSON, other key order
+    elif choice == 2 and item.get("content"):
+        item["content"] = [*item["content"], {"type": "input_text", "text": "more"}]
+    elif choice == 3:
+        item["flags"] = [rng.choice([1, True, 1.0]), {"deep": rng.choice([0, False, 0.0])}]
+    return item  # 4, 5: unchanged
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_memo_always_equals_digesting_everything(seed: int) -> None:
+    """Whatever the requests of a scope look like (repeated, forked, edited, numbers swapped for
+    booleans or floats), the memo's digests are exactly those of digesting every item."""
+    rng = random.Random(seed)
+    memo = DigestMemo(per_scope=rng.choice([1, 2, 4]))
+    base = [USER, ASSISTANT, CALL, RESULT, REASONING, {"role": "user", "content": "x", "n": 1}]
+    earlier: list[list[Any]] = [[]]
+    for _request in range(40):
+        start = list(rng.choice(earlier))
+        if start and rng.random() < 0.4:
+            index = rng.randrange(len(start))
+            start[index] = _mutated(start[index], rng)
+        if start and rng.random() < 0.2:
+            start = start[: rng.randrange(len(start))]  # a fork from an earlier point
+        request = start + [_mutated(rng.choice(base), rng) for _ in range(rng.randint(1, 3))]
+        request = json.loads(json.dumps(request))
+        scope = ("o", "u", rng.choice(["f", "g"]))
+        assert memo.item_digests(scope, request, 50) == chaining.item_digests(request)
+        earlier.append(request)
+
+
+def test_memo_is_bounded() -> None:
+    memo = DigestMemo(max_bytes=1000, per_scope=2)
+    for index in range(3):
+        memo.item_digests(("o", "u", "f"), [USER], 100 + index)
+    assert memo.bytes == 101 + 102  # two requests a scope
+    for index in range(20):
+        memo.item_digests(("o", "u", f"scope {index}"), [USER], 100)
+    assert memo.bytes <= 1000
+    before = memo.bytes
+    memo.item_digests(("o", "u", "big"), [USER], 251)  # over a quarter: not remembered
+    assert memo.bytes == before

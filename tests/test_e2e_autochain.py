@@ -28,6 +28,9 @@ def full_history_turn(
         # collector can deadlock httpx's connection pool.
         events = list(raw.parse())
         response = next(e.response for e in events if e.type == "response.completed")
+        # created, in_progress and completed all show what the client sent: no previous id
+        shown = [e.response.previous_response_id for e in events if hasattr(e, "response")]
+        assert len(shown) == 3 and shown == [None] * 3
     else:
         raw = client.responses.with_raw_response.create(**kwargs)
         response = raw.parse()

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from responses_bridge import sse
 from responses_bridge.errors import InvalidRequest, UpstreamResponseError, UpstreamTimeout
 from responses_bridge.sse import (
     KEEPALIVE,
@@ -428,3 +429,48 @@ def test_decoder_never_raises_on_arbitrary_bytes(data: bytes, cuts: list[int]) -
     assert messages == decode_all(data)
     for message in messages:
         assert "\n" not in message.event and "\r" not in message.event
+
+
+def test_with_previous_response_id_edits_the_compact_text() -> None:
+    event = {
+        "type": "response.created",
+        "response": {"id": "resp_2", "previous_response_id": "resp_1", "metadata": {}},
+    }
+    raw = sse.dumps(event)
+    edited = sse.with_previous_response_id(raw, "resp_1", None)
+    assert edited is not None
+    assert json.loads(edited) == {
+        **event,
+        "response": {**event["response"], "previous_response_id": None},
+    }
+    back = sse.with_previous_response_id(edited, None, "resp_1")
+    assert back is not None and json.loads(back) == event
+
+
+def test_with_previous_response_id_declines_what_it_cannot_edit_safely() -> None:
+    spaced = '{"type":"response.created","response":{"previous_response_id": "resp_1"}}'
+    assert sse.with_previous_response_id(spaced, "resp_1", None) is None
+    twice = (
+        '{"type":"x","response":{"previous_response_id":"resp_1",'
+        '"metadata":{"previous_response_id":"resp_1"}}}'
+    )
+    assert sse.with_previous_response_id(twice, "resp_1", None) is None
+    other_value = '{"type":"x","response":{"previous_response_id":"resp_9"}}'
+    assert sse.with_previous_response_id(other_value, "resp_1", None) is None
+    missing = '{"type":"x","response":{"id":"resp_2"}}'
+    assert sse.with_previous_response_id(missing, None, "resp_1") is None
+
+
+def test_with_previous_response_id_ignores_the_name_inside_strings() -> None:
+    event = {
+        "type": "response.completed",
+        "response": {
+            "previous_response_id": "resp_1",
+            "output": [{"text": 'say "previous_response_id":"resp_1" twice'}],
+        },
+    }
+    edited = sse.with_previous_response_id(sse.dumps(event), "resp_1", None)
+    assert edited is not None
+    parsed = json.loads(edited)
+    assert parsed["response"]["previous_response_id"] is None
+    assert parsed["response"]["output"] == event["response"]["output"]

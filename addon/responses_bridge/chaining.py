@@ -12,7 +12,9 @@ content does not. Candidates are found by a digest of the whole prefix, never by
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 # Fields that do not change what the model sees: not part of the request fingerprint. The
@@ -66,6 +68,98 @@ def _digest(value: Any) -> str:
 def item_digests(items: Iterable[Any]) -> list[str]:
     """One digest per item, of its canonical form."""
     return [_digest(canonical_item(item)) for item in items]
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values, types included (Python's ``==`` has ``1 == 1.0 == True``)."""
+    if a is b:
+        return True
+    kind = type(a)
+    if kind is not type(b):
+        return False
+    if kind is dict:
+        if len(a) != len(b):
+            return False
+        for key, value in a.items():  # noqa: SIM110 (a loop is faster than all() here)
+            if key not in b or not same_json(value, b[key]):
+                return False
+        return True
+    if kind is list:
+        return len(a) == len(b) and all(map(same_json, a, b))
+    return bool(a == b)
+
+
+def _has_numbers(value: Any) -> bool:
+    """Whether a JSON value holds a number or a boolean, where ``==`` is not exact."""
+    if isinstance(value, dict):
+        return any(_has_numbers(inner) for inner in value.values())
+    if isinstance(value, list):
+        return any(_has_numbers(inner) for inner in value)
+    return isinstance(value, (int, float))  # bool is an int
+
+
+@dataclass
+class _Remembered:
+    items: Sequence[Any]
+    digests: list[str]
+    plain: list[bool]  # per item: no numbers or booleans inside, so ``==`` is exact for it
+    size: int
+
+    def shared_prefix(self, items: Sequence[Any]) -> int:
+        """How many leading items of ``items`` are the same JSON as these."""
+        for index, (old, new) in enumerate(zip(self.items, items, strict=False)):
+            # == runs in C; only items with numbers need the type-exact walk as well.
+            if not (old == new and (self.plain[index] or same_json(old, new))):
+                return index
+        return min(len(self.items), len(items))
+
+
+class DigestMemo:
+    """The item digests of recent full-history requests, reused for the items a new request
+    repeats exactly. Such a client resends its whole history every turn; comparing it with
+    the previous request is many times cheaper than digesting it again, and for long
+    histories that digest was the largest part of the turn's own cost.
+
+    Keyed by a scope (owner, upstream, fields fingerprint); at most ``per_scope`` requests a
+    scope and ``max_bytes`` of request bodies in all, least recently used dropped first."""
+
+    def __init__(self, *, max_bytes: int = 32 * 1024 * 1024, per_scope: int = 4) -> None:
+        self.max_bytes = max_bytes
+        self.per_scope = per_scope
+        self.bytes = 0
+        self._scopes: OrderedDict[Hashable, list[_Remembered]] = OrderedDict()
+
+    def item_digests(self, scope: Hashable, items: Sequence[Any], size: int) -> list[str]:
+        """``item_digests(items)``, reusing what an earlier request of ``scope`` shares with
+        them; ``size`` (the request body's length) is what remembering them costs."""
+        best: _Remembered | None = None
+        shared = 0
+        for entry in self._scopes.get(scope, []):
+            if len(entry.items) > shared:
+                length = entry.shared_prefix(items)
+                if length > shared:
+                    best, shared = entry, length
+        rest = items[shared:]
+        digests = item_digests(rest)
+        plain = [not _has_numbers(item) for item in rest]
+        if best is not None:
+            digests = best.digests[:shared] + digests
+            plain = best.plain[:shared] + plain
+        self._remember(scope, _Remembered(items, digests, plain, size))
+        return digests
+
+    def _remember(self, scope: Hashable, entry: _Remembered) -> None:
+        if entry.size > self.max_bytes // 4:
+            return  # one huge request would push out everything else
+        remembered = self._scopes.pop(scope, [])
+        remembered.insert(0, entry)
+        self.bytes += entry.size
+        for dropped in remembered[self.per_scope :]:
+            self.bytes -= dropped.size
+        self._scopes[scope] = remembered[: self.per_scope]
+        while self.bytes > self.max_bytes:
+            _scope, oldest = self._scopes.popitem(last=False)
+            self.bytes -= sum(e.size for e in oldest)
 
 
 def fields_fingerprint(body: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from responses_bridge.aggregate import ResponseFolder
-from responses_bridge.chaining import candidate_keys, fields_fingerprint, item_digests
+from responses_bridge.chaining import DigestMemo, candidate_keys, fields_fingerprint, item_digests
 from responses_bridge.errors import (
     BridgeError,
     ChainBusy,
@@ -55,7 +55,17 @@ class Plan:
     fallback: Plan | None = None  # what to send instead if this attempt fails before output
 
 
-def turn(client: ClientRequest, compat: bool, owner: str, settings: Settings) -> Turn:
+def turn(
+    client: ClientRequest,
+    compat: bool,
+    owner: str,
+    settings: Settings,
+    *,
+    upstream: str = "",
+    memo: DigestMemo | None = None,
+    body_size: int = 0,
+) -> Turn:
+    """Work out a request once; with ``memo``, its input digests reuse an earlier request's."""
     raw_input = client.body.get("input")
     turn = Turn(
         frame=build_create_frame(client.body, chatgpt_compat=compat),
@@ -69,7 +79,11 @@ def turn(client: ClientRequest, compat: bool, owner: str, settings: Settings) ->
     )
     if settings.auto_chain and settings.stateful and turn.previous_id is None and eligible_input:
         turn.fingerprint = fields_fingerprint(turn.frame)
-        turn.digests = item_digests(turn.new_items)
+        turn.digests = (
+            item_digests(turn.new_items)
+            if memo is None
+            else memo.item_digests((owner, upstream, turn.fingerprint), turn.new_items, body_size)
+        )
     return turn
 
 

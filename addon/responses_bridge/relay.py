@@ -68,7 +68,15 @@ async def answer(
         if client.stream:
             sink.stream_chunks_to(exchange.sse_body.extend)  # kept for the flow once it finishes
         compat = chatgpt_compat_enabled(settings.chatgpt_compat, exchange.upstream_url)
-        turn = planning.turn(client, compat, registry.owner_of(request.headers), settings)
+        turn = planning.turn(
+            client,
+            compat,
+            registry.owner_of(request.headers),
+            settings,
+            upstream=exchange.upstream_url,
+            memo=registry.digest_memo,
+            body_size=len(body),
+        )
         connect = partial(
             open_socket,
             exchange.upstream_url,
@@ -236,8 +244,12 @@ async def relay_stream(
         # is left for end_stream, which sends it with the end of the body.
         nonlocal batch_bytes
         fixed, changed = folder.feed(event)
-        fixed, shown = _show_previous(fixed, plan)
-        frame = sse.encode_event(fixed, None if changed or shown else raw)
+        text = None if changed else raw
+        shown_event, shown = _show_previous(fixed, plan)
+        if shown and text is not None:
+            current = fixed["response"].get("previous_response_id")
+            text = sse.with_previous_response_id(text, current, plan.shown_previous_id)
+        frame = sse.encode_event(shown_event, text)
         batch.append(frame)
         batch_bytes += len(frame)
         if not last and (batch_bytes >= _MAX_BATCH_BYTES or not socket.has_pending()):

@@ -25,6 +25,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from responses_bridge.chaining import DigestMemo
 from responses_bridge.errors import BridgeError
 
 
@@ -161,6 +162,8 @@ class Registry:
     _producing: dict[str, tuple[Session, asyncio.Event]] = field(default_factory=dict)
     # Bytes of transcript segments held: by a node in ``_chains`` or as an ancestor of one.
     transcript_bytes: int = 0
+    # Input digests of recent full-history requests, so the next one digests only what is new.
+    digest_memo: DigestMemo = field(default_factory=DigestMemo)
 
     # -- identity ----------------------------------------------------------------------------
 

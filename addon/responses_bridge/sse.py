@@ -36,6 +36,18 @@ def encode_event(event: dict[str, Any], raw: str | None = None) -> bytes:
         return f"event: {kind}\ndata: {data}\n\n".encode(errors="replace")
 
 
+def with_previous_response_id(raw: str, current: Any, shown: str | None) -> str | None:
+    """An event's JSON text with its response's ``previous_response_id`` changed from
+    ``current`` to ``shown`` by editing the text, which is much cheaper than serializing the
+    whole response again; None unless the text holds that field once, in compact form."""
+    key = '"previous_response_id"'
+    before = f"{key}:{json.dumps(current)}"
+    # A key inside a string value is escaped (\"previous_response_id\"), so it is not counted.
+    if raw.count(key) != 1 or raw.count(before) != 1:
+        return None
+    return raw.replace(before, f"{key}:{json.dumps(shown)}")
+
+
 def error_event(error: BridgeError, sequence_number: int | None = None) -> dict[str, Any]:
     """The SSE ``error`` event for a failure after the stream started.
 
