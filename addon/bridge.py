@@ -37,7 +37,7 @@ from responses_bridge.server import (
 logger = logging.getLogger("responses_bridge")
 
 FLOW_HEADER = "x-responses-bridge-flow"
-_INTERNAL_HEADERS = (SECRET_HEADER, FLOW_HEADER)
+_INTERNAL_HEADERS = frozenset({SECRET_HEADER.encode(), FLOW_HEADER.encode()})
 # How long a turn started from the ``request`` hook waits for mitmproxy to deliver the request to
 # the loopback server (normally well under a millisecond; a flow that never gets there is ended
 # earlier by the ``response``/``error`` hooks).
@@ -372,8 +372,13 @@ class ResponsesBridge:
         )
         # A direct server connection: in upstream mode the internal hop must not go via the proxy.
         flow.server_conn = connection.Server(address=None)
-        request.headers[SECRET_HEADER] = self._secret
-        request.headers[FLOW_HEADER] = flow.id
+        # One assignment of the raw fields (each Headers item operation costs ~10 µs); a
+        # client's own copies of the internal headers are dropped, never forwarded.
+        request.headers.fields = (
+            *_without_internal_headers(request.headers.fields),
+            (SECRET_HEADER.encode(), self._secret.encode()),
+            (FLOW_HEADER.encode(), flow.id.encode()),
+        )
         request.scheme = "http"
         request.host = "127.0.0.1"
         request.port = self._server.port
@@ -571,8 +576,7 @@ class ResponsesBridge:
         if original is None:
             return
         request = flow.request
-        for name in _INTERNAL_HEADERS:
-            request.headers.pop(name, None)
+        request.headers.fields = _without_internal_headers(request.headers.fields)
         request.scheme = original.scheme
         request.host = original.host
         request.port = original.port
@@ -629,6 +633,12 @@ class ResponsesBridge:
         if exchange.error:
             line += f" · {exchange.error}"
         logger.info(line)
+
+
+def _without_internal_headers(
+    fields: tuple[tuple[bytes, bytes], ...],
+) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple(field for field in fields if field[0].lower() not in _INTERNAL_HEADERS)
 
 
 def _is_event_stream(response: http.Response) -> bool:

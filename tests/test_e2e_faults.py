@@ -557,6 +557,34 @@ def test_loopback_server_refuses_requests_without_the_secret(
     assert_still_serves(shared_bridge)
 
 
+def test_a_clients_own_internal_headers_are_dropped_not_trusted(
+    shared_bridge: Mitmdump, shared_fake: FakeUpstream
+) -> None:
+    """A client that sends the bridge's internal headers itself (guessing another flow's id)
+    is answered as usual: its values are dropped before the loopback hop and never forwarded."""
+    spoofed = {
+        "x-responses-bridge-flow": "another-flows-id",
+        "x-responses-bridge-secret": "guessed",
+    }
+    client = client_for(shared_bridge)
+    connections = shared_fake.connections
+    for stream in (False, True):
+        raw = client.responses.with_raw_response.create(
+            model="m", input=f"spoofing {stream}", stream=stream, extra_headers=spoofed
+        )
+        assert raw.http_response.status_code == 200
+        assert raw.headers["x-responses-bridge"] in ("new", "reused")
+        if stream:
+            events = list(raw.parse())
+            response = events[-1].response
+        else:
+            response = raw.parse()
+        assert response.output_text == expected_text(f"spoofing {stream}")
+    for headers in shared_fake.handshake_headers[connections:]:
+        assert not any(name.startswith("x-responses-bridge") for name in headers), headers
+    assert_still_serves(shared_bridge)
+
+
 # --------------------------------------------------------------------------- scope
 
 
