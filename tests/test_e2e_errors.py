@@ -265,11 +265,13 @@ def test_without_the_early_start_the_refusal_is_answered_once_then_passed_throug
 
 
 def test_connect_refused_is_502(start_bridge: StartBridge) -> None:
+    # Bound but not listening: connections are refused, and no other server (the bridge's own
+    # loopback server included) can be given this port meanwhile.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    bridge = start_bridge(None, mode=f"reverse:http://127.0.0.1:{port}")
-    error = assert_error_body(post(bridge, {"model": "m", "input": "x", "stream": True}), 502)
+        bridge = start_bridge(None, mode=f"reverse:http://127.0.0.1:{port}")
+        error = assert_error_body(post(bridge, {"model": "m", "input": "x", "stream": True}), 502)
     assert error["code"] == "upstream_unavailable"
 
 
