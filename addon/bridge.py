@@ -405,7 +405,9 @@ class ResponsesBridge:
         self._restore(flow)
         assert flow.response is not None
         if _is_event_stream(flow.response):
-            flow.response.stream = True
+            exchange = self._exchanges.get(flow.id)
+            # Streamed as it comes; the exchange counts what mitmproxy has sent on.
+            flow.response.stream = exchange.forwarded if exchange is not None else True
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._restore(flow)

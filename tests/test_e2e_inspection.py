@@ -60,10 +60,12 @@ def test_saved_flow_carries_the_websocket_conversation(
     assert [e["t_ms"] for e in events] == sorted(e["t_ms"] for e in events)
     assert attempt["socket_end"] == {"retained_as": response_id}
     assert flows[0].comment.startswith(f"ws new · {len(events)} events · first event ")
+    assert convo["sent_to_client_bytes"] == len(first.content) == len(flows[0].response.content)
     follow = flows[1].metadata["responses_bridge"]
     assert follow["socket"] == "reused"
     assert follow["attempts"][0]["sent"]["previous_response_id"] == response_id
     assert flows[1].comment.startswith("ws reused · ")
+    assert follow["sent_to_client_bytes"] is None  # a JSON answer: mitmproxy sent it whole
     raw = saved.read_bytes()
     assert b"sk-inspected-secret" not in raw.replace(b"Bearer sk-inspected-secret", b"")
     # Only the request's own Authorization header holds the key; the attachment never does.

@@ -4,14 +4,19 @@ it from the end of mitmproxy's request hooks); its writes wait for the writer, n
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 
+from responses_bridge import relay
 from responses_bridge.exchange import ClientSink, Exchange, Settings
+from responses_bridge.planning import Plan
 from responses_bridge.server import ResponseWriter
+from responses_bridge.upstream import open_socket
 
 
 @asynccontextmanager
@@ -112,3 +117,125 @@ def test_after_delivery_runs_once() -> None:
     ex.delivered()
     ex.delivered()
     assert calls == [1] and ex.after_delivery is None
+
+
+# -- the first delta goes out ahead of the rest of its burst -------------------------------------
+
+BURST = [
+    {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}},
+    {"type": "response.in_progress", "response": {"id": "resp_1", "status": "in_progress"}},
+    *({"type": "response.output_text.delta", "delta": f"d{i} "} for i in range(6)),
+    {
+        "type": "response.completed",
+        "response": {"id": "resp_1", "status": "completed", "output": [], "usage": None},
+    },
+]
+
+
+def sse_data(body: bytes) -> list[object]:
+    return [json.loads(line[6:]) for line in body.split(b"\n") if line.startswith(b"data: ")]
+
+
+@asynccontextmanager
+async def burst_upstream(gaps: dict[int, float] | None = None) -> AsyncIterator[str]:
+    """A websocket upstream that sends BURST when a client connects: all at once, or with a
+    pause of ``gaps[i]`` seconds before event ``i``."""
+
+    async def handler(connection: ServerConnection) -> None:
+        for index, event in enumerate(BURST):
+            if gaps and index in gaps:
+                await asyncio.sleep(gaps[index])
+            await connection.send(json.dumps(event))  # without a pause: all written together
+        await connection.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/v1/responses"
+
+
+async def test_the_first_delta_waits_until_mitmproxy_has_sent_it_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(relay, "FIRST_DELTA_WAIT", 30.0)  # only forwarding ends the wait here
+    ex = exchange()
+    async with burst_upstream() as url, loopback_writer() as (writer, reader):
+        socket_ = await open_socket(url, [], connect_timeout=5)
+        sink = ex.sink = ClientSink(ex, writer, attach_timeout=5)
+        sink.stream_chunks_to(ex.sse_body.extend)
+        plan = Plan({"type": "response.create"}, "new", [])
+        task = asyncio.create_task(relay.relay_stream(socket_, sink, ex, plan))
+        for _ in range(500):  # until the relay holds the burst back (bounded)
+            if ex.awaiting_forward or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert ex.awaiting_forward, "the relay did not wait for the first delta to go on"
+        body = bytes(ex.sse_body)
+        assert sse_data(body)[-1] == BURST[2]  # up to and including the first delta
+        ex.forwarded(body[:10])  # not all of it yet: still waiting
+        await asyncio.sleep(0.05)
+        assert ex.awaiting_forward and bytes(ex.sse_body) == body
+        ex.forwarded(body[10:])
+        await asyncio.wait_for(task, 5)
+        await socket_.close()
+        received = await reader.read(65536)
+    assert received.count(b"event: response.output_text.delta") == 6
+    assert sse_data(bytes(ex.sse_body)) == BURST
+
+
+async def test_the_burst_goes_on_when_nothing_is_forwarded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # mitmproxy never calls the stream callable (another addon replaced it): a bounded wait.
+    monkeypatch.setattr(relay, "FIRST_DELTA_WAIT", 0.05)
+    ex = exchange()
+    async with burst_upstream() as url, loopback_writer() as (writer, _reader):
+        socket_ = await open_socket(url, [], connect_timeout=5)
+        sink = ex.sink = ClientSink(ex, writer, attach_timeout=5)
+        sink.stream_chunks_to(ex.sse_body.extend)
+        plan = Plan({"type": "response.create"}, "new", [])
+        await asyncio.wait_for(relay.relay_stream(socket_, sink, ex, plan), 5)
+        await socket_.close()
+    assert bytes(ex.sse_body).count(b"event: response.output_text.delta") == 6
+    assert not ex.awaiting_forward and ex.forwarded_bytes == 0
+
+
+async def relay_chunks(gaps: dict[int, float]) -> list[bytes]:
+    """Relay BURST (with ``gaps``) as SSE; the chunks written, each as mitmproxy reads it."""
+    ex = exchange()
+    chunks: list[bytes] = []
+    async with burst_upstream(gaps) as url, loopback_writer() as (writer, _reader):
+        socket_ = await open_socket(url, [], connect_timeout=5)
+        sink = ex.sink = ClientSink(ex, writer, attach_timeout=5)
+        sink.stream_chunks_to(chunks.append)
+        ex.forwarded_bytes = 1 << 30  # as if mitmproxy passed everything on at once
+        plan = Plan({"type": "response.create"}, "new", [])
+        await asyncio.wait_for(relay.relay_stream(socket_, sink, ex, plan), 10)
+        await socket_.close()
+    return chunks
+
+
+async def test_events_before_the_first_delta_wait_for_it_to_go_out_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Frames a few ms apart (more than one TCP read each): one piece up to the first delta.
+    monkeypatch.setattr(relay, "PRE_DELTA_LINGER", 0.5)
+    chunks = await relay_chunks({1: 0.005, 2: 0.005, 3: 0.005})
+    assert sse_data(chunks[0]) == BURST[:3]
+    assert [e for chunk in chunks for e in sse_data(chunk)] == BURST
+
+
+async def test_a_batch_waits_for_what_follows_only_briefly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Nothing behind response.created for a while (the model thinking): it goes out alone.
+    monkeypatch.setattr(relay, "PRE_DELTA_LINGER", 0.02)
+    chunks = await relay_chunks({1: 0.5})
+    assert sse_data(chunks[0]) == BURST[:1]
+    assert [e for chunk in chunks for e in sse_data(chunk)] == BURST
+
+
+async def test_until_forwarded_returns_at_once_for_what_was_already_sent_on() -> None:
+    ex = exchange()
+    assert ex.forwarded(b"abc") == b"abc"  # the chunk passes unchanged
+    await asyncio.wait_for(ex.until_forwarded(3, 60), 1)
+    assert not ex.awaiting_forward

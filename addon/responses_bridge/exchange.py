@@ -69,6 +69,36 @@ class Exchange:
     dispatched: asyncio.Event = field(default_factory=asyncio.Event)
     # Run once mitmproxy is done with the flow (its answer delivered, or the client gone).
     after_delivery: Callable[[], None] | None = None
+    # Bytes of the SSE body mitmproxy has sent on to the client (counted by ``forwarded``).
+    forwarded_bytes: int = 0
+    _forward_waiter: tuple[int, asyncio.Future[None]] | None = None
+
+    def forwarded(self, chunk: bytes) -> bytes:
+        """The flow's ``Response.stream`` callable: mitmproxy calls it with each chunk of the SSE
+        body as it sends it on to the client; it passes the chunk unchanged and counts it."""
+        self.forwarded_bytes += len(chunk)
+        waiter = self._forward_waiter
+        if waiter is not None and self.forwarded_bytes >= waiter[0] and not waiter[1].done():
+            waiter[1].set_result(None)
+        return chunk
+
+    @property
+    def awaiting_forward(self) -> bool:
+        return self._forward_waiter is not None
+
+    async def until_forwarded(self, size: int, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) until mitmproxy has sent the first ``size`` bytes
+        of the SSE body on to the client."""
+        if self.forwarded_bytes >= size:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._forward_waiter = (size, future)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            pass  # e.g. another addon replaced the stream callable: go on regardless
+        finally:
+            self._forward_waiter = None
 
     def duration(self) -> float:
         return (self.finished or time.monotonic()) - self.started
@@ -115,6 +145,8 @@ class Exchange:
             "socket": self.socket_state,
             "socket_age_s": round(self.socket_age, 3),
             "status": self.status,
+            # Of a stream: how much of its SSE body mitmproxy sent on to the client.
+            "sent_to_client_bytes": self.forwarded_bytes if self.stream else None,
             "error": self.error,
             "rate_limits": self.rate_limits,
             "attempts": self.attempts,

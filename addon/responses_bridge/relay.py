@@ -51,6 +51,10 @@ _MAX_EVENTS_BEFORE_CREATED = 1000
 # servers that only route POST): the request can still go over HTTP as it came.
 NO_WEBSOCKET_MODE_STATUSES = frozenset({404, 405, 426})
 _MAX_BATCH_BYTES = 64 * 1024
+# How long a stream's first delta may hold back the rest of its burst, and how long, before it,
+# a batch waits for the frames right behind it (see relay_stream).
+FIRST_DELTA_WAIT = 0.01
+PRE_DELTA_LINGER = 0.001
 
 
 async def answer(
@@ -213,10 +217,28 @@ async def _next_event(
                 f"The upstream sent nothing for {settings.idle_timeout:g} s "
                 "(responses_bridge_idle_timeout)."
             ) from exc
-        exchange.received(event)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("responses-bridge: ws < %s", raw[:500])
+        _note(exchange, event, raw)
         return event, raw
+
+
+async def _next_event_within(
+    socket: UpstreamSocket, sink: ClientSink, exchange: Exchange, linger: float
+) -> tuple[dict[str, Any], str] | None:
+    """The next upstream event if it is waiting or comes within ``linger`` seconds, else None."""
+    if socket.has_pending():
+        return await _next_event(socket, sink, exchange)
+    try:
+        event, raw = await socket.receive(linger)
+    except UpstreamTimeout:
+        return None
+    _note(exchange, event, raw)
+    return event, raw
+
+
+def _note(exchange: Exchange, event: dict[str, Any], raw: str) -> None:
+    exchange.received(event)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("responses-bridge: ws < %s", raw[:500])
 
 
 def _show_previous(event: dict[str, Any], plan: Plan) -> tuple[dict[str, Any], bool]:
@@ -237,12 +259,13 @@ async def relay_stream(
 
     batch: list[bytes] = []
     batch_bytes = 0
+    first_delta_out = False
 
     async def forward(event: dict[str, Any], raw: str | None, *, last: bool = False) -> None:
         # Frames that are already waiting go out in one write: each write is a chunk that
         # mitmproxy handles on its own, which dominates the cost of a fast stream. The last one
         # is left for end_stream, which sends it with the end of the body.
-        nonlocal batch_bytes
+        nonlocal batch_bytes, first_delta_out
         fixed, changed = folder.feed(event)
         text = None if changed else raw
         shown_event, shown = _show_previous(fixed, plan)
@@ -252,7 +275,19 @@ async def relay_stream(
         frame = sse.encode_event(shown_event, text)
         batch.append(frame)
         batch_bytes += len(frame)
-        if not last and (batch_bytes >= _MAX_BATCH_BYTES or not socket.has_pending()):
+        if last:
+            return
+        if not first_delta_out and str(fixed["type"]).endswith(".delta"):
+            # The first delta goes out ahead of the rest of a burst that is already waiting:
+            # mitmproxy forwards it on this same thread, so it would otherwise wait until the
+            # whole burst was relayed. Before it, the loop below lingers for the frames behind
+            # a batch instead, so the head and everything up to the first delta reach the client
+            # in one piece (each piece costs mitmproxy and the client a round of work).
+            first_delta_out = True
+            await flush()
+            if sink.attached and not sink.gone:
+                await exchange.until_forwarded(len(exchange.sse_body), FIRST_DELTA_WAIT)
+        elif batch_bytes >= _MAX_BATCH_BYTES or (first_delta_out and not socket.has_pending()):
             await flush()
 
     async def flush() -> None:
@@ -265,7 +300,14 @@ async def relay_stream(
 
     while True:
         try:
-            event, raw = await _next_event(socket, sink, exchange)
+            if batch and not first_delta_out:
+                received = await _next_event_within(socket, sink, exchange, PRE_DELTA_LINGER)
+                if received is None:
+                    await flush()
+                    continue
+                event, raw = received
+            else:
+                event, raw = await _next_event(socket, sink, exchange)
         except BridgeError:
             await flush()  # what was relayed so far goes out before the error
             raise
