@@ -153,17 +153,35 @@ async def burst_upstream(gaps: dict[int, float] | None = None) -> AsyncIterator[
         yield f"ws://127.0.0.1:{port}/v1/responses"
 
 
+@asynccontextmanager
+async def relaying(
+    ex: Exchange, gaps: dict[int, float] | None = None
+) -> AsyncIterator[tuple[asyncio.Task[object], asyncio.StreamReader, list[bytes]]]:
+    """Relay BURST (with ``gaps``) as SSE into a loopback writer, in a task; ``ex.sse_body``
+    gets the body, the list each chunk as it was written (as mitmproxy reads it)."""
+    chunks: list[bytes] = []
+    async with burst_upstream(gaps) as url, loopback_writer() as (writer, reader):
+        socket_ = await open_socket(url, [], connect_timeout=5)
+        sink = ex.sink = ClientSink(ex, writer, attach_timeout=5)
+        sink.stream_chunks_to(lambda chunk: (ex.sse_body.extend(chunk), chunks.append(chunk)))
+        plan = Plan({"type": "response.create"}, "new", [])
+        task: asyncio.Task[object] = asyncio.create_task(
+            relay.relay_stream(socket_, sink, ex, plan)
+        )
+        try:
+            yield task, reader, chunks
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await socket_.close()
+
+
 async def test_the_first_delta_waits_until_mitmproxy_has_sent_it_on(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(relay, "FIRST_DELTA_WAIT", 30.0)  # only forwarding ends the wait here
     ex = exchange()
-    async with burst_upstream() as url, loopback_writer() as (writer, reader):
-        socket_ = await open_socket(url, [], connect_timeout=5)
-        sink = ex.sink = ClientSink(ex, writer, attach_timeout=5)
-        sink.stream_chunks_to(ex.sse_body.extend)
-        plan = Plan({"type": "response.create"}, "new", [])
-        task = asyncio.create_task(relay.relay_stream(socket_, sink, ex, plan))
+    async with relaying(ex) as (task, reader, _chunks):
         for _ in range(500):  # until the relay holds the burst back (bounded)
             if ex.awaiting_forward or task.done():
                 break
@@ -176,7 +194,6 @@ async def test_the_first_delta_waits_until_mitmproxy_has_sent_it_on(
         assert ex.awaiting_forward and bytes(ex.sse_body) == body
         ex.forwarded(body[10:])
         await asyncio.wait_for(task, 5)
-        await socket_.close()
         received = await reader.read(65536)
     assert received.count(b"event: response.output_text.delta") == 6
     assert sse_data(bytes(ex.sse_body)) == BURST
@@ -188,29 +205,18 @@ async def test_the_burst_goes_on_when_nothing_is_forwarded(
     # mitmproxy never calls the stream callable (another addon replaced it): a bounded wait.
     monkeypatch.setattr(relay, "FIRST_DELTA_WAIT", 0.05)
     ex = exchange()
-    async with burst_upstream() as url, loopback_writer() as (writer, _reader):
-        socket_ = await open_socket(url, [], connect_timeout=5)
-        sink = ex.sink = ClientSink(ex, writer, attach_timeout=5)
-        sink.stream_chunks_to(ex.sse_body.extend)
-        plan = Plan({"type": "response.create"}, "new", [])
-        await asyncio.wait_for(relay.relay_stream(socket_, sink, ex, plan), 5)
-        await socket_.close()
-    assert bytes(ex.sse_body).count(b"event: response.output_text.delta") == 6
+    async with relaying(ex) as (task, _reader, _chunks):
+        await asyncio.wait_for(task, 5)
+    assert sse_data(bytes(ex.sse_body)) == BURST
     assert not ex.awaiting_forward and ex.forwarded_bytes == 0
 
 
 async def relay_chunks(gaps: dict[int, float]) -> list[bytes]:
-    """Relay BURST (with ``gaps``) as SSE; the chunks written, each as mitmproxy reads it."""
+    """The chunks BURST (with ``gaps``) is relayed in, mitmproxy passing each on at once."""
     ex = exchange()
-    chunks: list[bytes] = []
-    async with burst_upstream(gaps) as url, loopback_writer() as (writer, _reader):
-        socket_ = await open_socket(url, [], connect_timeout=5)
-        sink = ex.sink = ClientSink(ex, writer, attach_timeout=5)
-        sink.stream_chunks_to(chunks.append)
-        ex.forwarded_bytes = 1 << 30  # as if mitmproxy passed everything on at once
-        plan = Plan({"type": "response.create"}, "new", [])
-        await asyncio.wait_for(relay.relay_stream(socket_, sink, ex, plan), 10)
-        await socket_.close()
+    ex.forwarded_bytes = 1 << 30
+    async with relaying(ex, gaps) as (task, _reader, chunks):
+        await asyncio.wait_for(task, 10)
     return chunks
 
 
