@@ -194,7 +194,7 @@ async def test_the_first_delta_waits_until_mitmproxy_has_sent_it_on(
         assert ex.awaiting_forward and bytes(ex.sse_body) == body
         ex.forwarded(body[10:])
         await asyncio.wait_for(task, 5)
-        received = await reader.read(65536)
+        received = await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), 5)
     assert received.count(b"event: response.output_text.delta") == 6
     assert sse_data(bytes(ex.sse_body)) == BURST
 
