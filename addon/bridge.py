@@ -416,15 +416,17 @@ class ResponsesBridge:
             assert flow.response is not None
             if flow.response.raw_content is None:
                 flow.response.content = bytes(kept)
+            _drop_stream_callable(flow.response)
             return
         exchange = self._exchanges.pop(flow.id, None)
         if exchange is None:
             return
+        assert flow.response is not None
+        _drop_stream_callable(flow.response)
         if exchange.no_websocket_mode:
             self._mark_http_only(exchange.upstream_url)
         if exchange.sink is not None and not exchange.sink.attached:
             exchange.client_gone()  # answered by something else: never reached the bridge
-        assert flow.response is not None
         if flow.response.raw_content is None and exchange.stream:
             flow.response.content = bytes(exchange.sse_body)
         self._finish(flow, exchange)
@@ -432,6 +434,8 @@ class ResponsesBridge:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._restore(flow)
+        if flow.response is not None:
+            _drop_stream_callable(flow.response)
         self._passed_through.pop(flow.id, None)
         exchange = self._exchanges.pop(flow.id, None)
         if exchange is not None:
@@ -641,6 +645,14 @@ def _without_internal_headers(
     fields: tuple[tuple[bytes, bytes], ...],
 ) -> tuple[tuple[bytes, bytes], ...]:
     return tuple(field for field in fields if field[0].lower() not in _INTERNAL_HEADERS)
+
+
+def _drop_stream_callable(response: http.Response) -> None:
+    """Once the flow is over, our stream callable goes: it would keep its exchange (or the tee's
+    copy of the body) alive for as long as mitmweb keeps the flow. mitmproxy no longer calls it
+    then, so any callable can go."""
+    if callable(response.stream):
+        response.stream = True
 
 
 def _is_event_stream(response: http.Response) -> bool:

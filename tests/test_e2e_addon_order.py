@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import StartBridge
 from tests.fake_upstream import FakeUpstream
-from tests.harness import Mitmdump
+from tests.harness import Mitmdump, wait_until
 
 BODY = {"model": "m", "input": "original words", "stream": True}
 
@@ -22,7 +22,7 @@ BODY = {"model": "m", "input": "original words", "stream": True}
 # the input of requests marked "x-rewrite", and intercepts requests marked "x-intercept", edits
 # them 300 ms later (as a mitmweb user would) and resumes them.
 LATER_SCRIPT = """
-import asyncio, json
+import asyncio, json, logging
 from mitmproxy import http
 
 class Later:
@@ -38,6 +38,11 @@ class Later:
         elif "x-intercept" in flow.request.headers:
             flow.intercept()
             asyncio.get_running_loop().call_later(0.3, self._edit_and_resume, flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        # After the bridge's own response hook: what it left on the finished flow.
+        stream = type(flow.response.stream).__name__
+        logging.getLogger("later").warning(f"later-addon: stream is a {stream} after response")
 
     def _edit_and_resume(self, flow: http.HTTPFlow) -> None:
         body = json.loads(flow.request.content)
@@ -128,3 +133,19 @@ def later_bridge(fake: FakeUpstream, confdir: Path, tmp_path: Path) -> Iterator[
 def post(bridge: Mitmdump, body: dict[str, object], marker: str | None = None) -> httpx.Response:
     headers = {marker: "1"} if marker else {}
     return httpx.post(f"{bridge.base_url}/responses", json=body, headers=headers, timeout=30)
+
+
+def test_a_finished_flow_keeps_no_stream_callable(
+    fake: FakeUpstream, later_bridge: Mitmdump
+) -> None:
+    # The exchange's counting callable (and the SSE body it holds) must not live on with the
+    # flow, which mitmweb keeps in memory.
+    for stream in (True, False):
+        answer = post(later_bridge, {**BODY, "stream": stream})
+        assert answer.status_code == 200, answer.text[:300]
+
+    def lines() -> list[str]:
+        return [ln for ln in later_bridge.lines if "later-addon: stream is a" in ln]
+
+    wait_until(lambda: len(lines()) == 2, what="both flows' response hooks")
+    assert all("stream is a bool after response" in ln for ln in lines()), lines()
