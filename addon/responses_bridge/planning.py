@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from responses_bridge.aggregate import ResponseFolder
-from responses_bridge.chaining import DigestMemo, candidate_keys, fields_fingerprint, item_digests
+from responses_bridge.chaining import DigestMemo, candidate_keys, fields_fingerprint
 from responses_bridge.errors import (
     BridgeError,
     ChainBusy,
@@ -61,11 +61,11 @@ def turn(
     owner: str,
     settings: Settings,
     *,
-    upstream: str = "",
-    memo: DigestMemo | None = None,
-    body_size: int = 0,
+    upstream: str,
+    memo: DigestMemo,
+    body_size: int,
 ) -> Turn:
-    """Work out a request once; with ``memo``, its input digests reuse an earlier request's."""
+    """Work out a request once (its input digests reuse what ``memo`` has of earlier ones)."""
     raw_input = client.body.get("input")
     turn = Turn(
         frame=build_create_frame(client.body, chatgpt_compat=compat),
@@ -79,11 +79,8 @@ def turn(
     )
     if settings.auto_chain and settings.stateful and turn.previous_id is None and eligible_input:
         turn.fingerprint = fields_fingerprint(turn.frame)
-        turn.digests = (
-            item_digests(turn.new_items)
-            if memo is None
-            else memo.item_digests((owner, upstream, turn.fingerprint), turn.new_items, body_size)
-        )
+        scope = (owner, upstream, turn.fingerprint)
+        turn.digests = memo.item_digests(scope, turn.new_items, body_size)
     return turn
 
 
