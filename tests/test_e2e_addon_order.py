@@ -44,6 +44,11 @@ class Later:
         stream = type(flow.response.stream).__name__
         logging.getLogger("later").warning(f"later-addon: stream is a {stream} after response")
 
+    def error(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            stream = type(flow.response.stream).__name__
+            logging.getLogger("later").warning(f"later-addon: stream is a {stream} after error")
+
     def _edit_and_resume(self, flow: http.HTTPFlow) -> None:
         body = json.loads(flow.request.content)
         body["input"] = "edited while intercepted"
@@ -149,3 +154,17 @@ def test_a_finished_flow_keeps_no_stream_callable(
 
     wait_until(lambda: len(lines()) == 2, what="both flows' response hooks")
     assert all("stream is a bool after response" in ln for ln in lines()), lines()
+
+
+def test_a_flow_whose_client_left_keeps_no_stream_callable(
+    fake: FakeUpstream, later_bridge: Mitmdump
+) -> None:
+    body = {**BODY, "input": "leaving early fake:deltas=200 fake:slow=20"}
+    url = f"{later_bridge.base_url}/responses"
+    with httpx.stream("POST", url, json=body, timeout=30) as answer:
+        assert answer.status_code == 200
+        for chunk in answer.iter_raw():
+            if b"response.output_text.delta" in chunk:
+                break  # leave mid-stream: mitmproxy runs the error hook
+    line = later_bridge.wait_for_log(r"later-addon: stream is a \w+ after error")
+    assert "stream is a bool after error" in line, line
