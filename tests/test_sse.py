@@ -447,9 +447,20 @@ def test_with_previous_response_id_edits_the_compact_text() -> None:
     assert back is not None and json.loads(back) == event
 
 
+def test_with_previous_response_id_edits_json_dumps_default_spacing() -> None:
+    # Python's json.dumps (and so the fake upstream) writes ", " and ": ".
+    event = {"type": "response.created", "response": {"previous_response_id": "resp_1", "n": 1}}
+    edited = sse.with_previous_response_id(json.dumps(event), "resp_1", None)
+    assert (
+        edited == '{"type": "response.created", "response": {"previous_response_id": null, "n": 1}}'
+    )
+    spaced_colon = '{"response":{"previous_response_id" :\t"resp_1" }}'
+    assert sse.with_previous_response_id(spaced_colon, "resp_1", "resp_0") == (
+        '{"response":{"previous_response_id" :\t"resp_0" }}'
+    )
+
+
 def test_with_previous_response_id_declines_what_it_cannot_edit_safely() -> None:
-    spaced = '{"type":"response.created","response":{"previous_response_id": "resp_1"}}'
-    assert sse.with_previous_response_id(spaced, "resp_1", None) is None
     twice = (
         '{"type":"x","response":{"previous_response_id":"resp_1",'
         '"metadata":{"previous_response_id":"resp_1"}}}'
@@ -457,8 +468,56 @@ def test_with_previous_response_id_declines_what_it_cannot_edit_safely() -> None
     assert sse.with_previous_response_id(twice, "resp_1", None) is None
     other_value = '{"type":"x","response":{"previous_response_id":"resp_9"}}'
     assert sse.with_previous_response_id(other_value, "resp_1", None) is None
+    longer_number = '{"type":"x","response":{"previous_response_id":12}}'
+    assert sse.with_previous_response_id(longer_number, 1, None) is None
+    # json.dumps("ré") is "r\\u00e9": the same value written unescaped is not recognised.
+    unescaped = '{"type":"x","response":{"previous_response_id":"ré"}}'
+    assert sse.with_previous_response_id(unescaped, "ré", None) is None
     missing = '{"type":"x","response":{"id":"resp_2"}}'
     assert sse.with_previous_response_id(missing, None, "resp_1") is None
+
+
+_json_leaves = st.none() | st.booleans() | st.integers() | st.text(max_size=12)
+_json_values = st.recursive(
+    _json_leaves,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["a", "previous_response_id", "id", "é"]), inner, max_size=3
+        )
+    ),
+    max_leaves=12,
+)
+
+
+@PROPERTY_SETTINGS
+@given(
+    response=st.dictionaries(st.sampled_from(["id", "output", "metadata", "x"]), _json_values),
+    current=st.none() | st.integers() | st.text(max_size=12),
+    shown=st.none() | st.text(max_size=12),
+    separators=st.sampled_from([(",", ":"), (", ", ": "), (",", " : ")]),
+    ensure_ascii=st.booleans(),
+)
+def test_with_previous_response_id_means_the_same_as_serializing_again(
+    response: dict[str, Any],
+    current: Any,
+    shown: str | None,
+    separators: tuple[str, str],
+    ensure_ascii: bool,
+) -> None:
+    event = {
+        "type": "response.completed",
+        "response": {**response, "previous_response_id": current},
+    }
+    raw = json.dumps(event, separators=separators, ensure_ascii=ensure_ascii)
+    edited = sse.with_previous_response_id(raw, current, shown)
+    wanted = {**event, "response": {**event["response"], "previous_response_id": shown}}
+    if edited is None:
+        # Declined only when the name occurs elsewhere, or the value is written differently.
+        unescaped = json.dumps(current, ensure_ascii=False) != json.dumps(current)
+        assert raw.count('"previous_response_id"') > 1 or (not ensure_ascii and unescaped)
+    else:
+        assert json.loads(edited) == wanted
 
 
 def test_with_previous_response_id_ignores_the_name_inside_strings() -> None:

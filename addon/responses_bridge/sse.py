@@ -7,6 +7,7 @@ Responses). The decoder accepts anything the SSE spec allows (CRLF, comments, mu
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -39,13 +40,23 @@ def encode_event(event: dict[str, Any], raw: str | None = None) -> bytes:
 def with_previous_response_id(raw: str, current: Any, shown: str | None) -> str | None:
     """An event's JSON text with its response's ``previous_response_id`` changed from
     ``current`` to ``shown`` by editing the text, which is much cheaper than serializing the
-    whole response again; None unless the text holds that field once, in compact form."""
-    key = '"previous_response_id"'
-    before = f"{key}:{json.dumps(current)}"
+    whole response again; None unless the text holds that field once, written as
+    ``json.dumps`` writes ``current`` (compact, or with spaces around the colon)."""
     # A key inside a string value is escaped (\"previous_response_id\"), so it is not counted.
-    if raw.count(key) != 1 or raw.count(before) != 1:
+    if raw.count('"previous_response_id"') != 1:
         return None
-    return raw.replace(before, f"{key}:{json.dumps(shown)}")
+    field = _PREVIOUS_FIELD.search(raw)
+    value = json.dumps(current)
+    if field is None or not raw.startswith(value, field.end()):
+        return None
+    end = field.end() + len(value)
+    if not _VALUE_END.match(raw, end):  # e.g. 1 is not the whole of 12
+        return None
+    return f"{raw[: field.end()]}{json.dumps(shown)}{raw[end:]}"
+
+
+_PREVIOUS_FIELD = re.compile(r'"previous_response_id"[ \t]*:[ \t]*')
+_VALUE_END = re.compile(r"[ \t]*[,}]")
 
 
 def error_event(error: BridgeError, sequence_number: int | None = None) -> dict[str, Any]:
