@@ -168,3 +168,15 @@ def test_a_flow_whose_client_left_keeps_no_stream_callable(
                 break  # leave mid-stream: mitmproxy runs the error hook
     line = later_bridge.wait_for_log(r"later-addon: stream is a \w+ after error")
     assert "stream is a bool after error" in line, line
+
+
+def test_the_flow_log_line_is_written_after_the_response_hooks(
+    fake: FakeUpstream, later_bridge: Mitmdump
+) -> None:
+    # mitmproxy sends the end of a streamed body only once every response hook has returned; the
+    # bridge's log line (a record every addon's log hook sees) waits until then.
+    answer = post(later_bridge, {**BODY, "stream": True})
+    assert answer.status_code == 200, answer.text[:300]
+    bridge_line = later_bridge.wait_for_log(r"responses-bridge: POST \S+ -> 200 stream")
+    hook_line = later_bridge.wait_for_log(r"later-addon: stream is a \w+ after response")
+    assert later_bridge.lines.index(hook_line) < later_bridge.lines.index(bridge_line)
