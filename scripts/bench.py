@@ -562,51 +562,85 @@ async def figure_chain(cfg: Config, st: Stack) -> Json:
     }
 
 
+CONCURRENCY_WORKLOADS = {
+    # 50 deltas 4 ms apart: the streams overlap, the way agents' parallel calls do.
+    "streaming": "fake:deltas=50 fake:slow=4",
+    # One delta, no pause: what is left is each proxy's own cost of a new connection and request,
+    # all of it on mitmproxy's one thread (the floor for any addon).
+    "one_delta": "fake:deltas=1",
+}
+
+
+async def concurrent_round(cfg: Config, st: Stack, mode: str, directives: str) -> Json:
+    """``cfg.concurrency`` fresh requests at once, each on its own new connection."""
+    clients = [Client(mode, target(st, mode), pool=1) for _ in range(cfg.concurrency)]
+    gate = asyncio.Event()
+
+    async def one(index: int, client: Client) -> Result:
+        await gate.wait()
+        text = f"Concurrent {index}. {directives}"
+        return await client.turn(request_body([user_message(text)]))
+
+    tasks = [asyncio.create_task(one(i, c)) for i, c in enumerate(clients)]
+    await asyncio.sleep(0.05)
+    proxy = st.proxies[mode].process.pid if mode in st.proxies else None
+    cpu_before = cpu_seconds(proxy) if proxy else 0.0
+    started = time.perf_counter()
+    gate.set()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    wall = time.perf_counter() - started
+    cpu = cpu_seconds(proxy) - cpu_before if proxy else None
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+    ok = [o for o in outcomes if isinstance(o, Result)]
+    errors = [repr(o)[:200] for o in outcomes if not isinstance(o, Result)]
+    ttfd = [o.ttfd for o in ok]
+    return {
+        "completed": len(ok),
+        "errors": errors[:5],
+        "error_count": len(errors),
+        "ttfd_p50_ms": percentile(ttfd, 0.5) * 1000 if ttfd else None,
+        "ttfd_p99_ms": percentile(ttfd, 0.99) * 1000 if ttfd else None,
+        "total_p50_ms": percentile([o.total for o in ok], 0.5) * 1000 if ok else None,
+        "wall_ms": wall * 1000,
+        "proxy_cpu_ms_per_stream": None if cpu is None else cpu * 1000 / cfg.concurrency,
+    }
+
+
 async def figure_concurrency(cfg: Config, st: Stack) -> Json:
-    """Figure 4: ``cfg.concurrency`` streams at once, each on its own connection."""
-    rounds: dict[str, list[Json]] = {m: [] for m in MODES}
+    """Figure 4: ``cfg.concurrency`` streams at once, each on its own connection; the main
+    workload overlapping streams, and one-delta streams for each proxy's floor."""
+    rounds: dict[str, dict[str, list[Json]]] = {
+        w: {m: [] for m in MODES} for w in CONCURRENCY_WORKLOADS
+    }
     for run in range(cfg.concurrency_rounds):
-        for mode in rotated(run):
-            clients = [Client(mode, target(st, mode), pool=1) for _ in range(cfg.concurrency)]
-            gate = asyncio.Event()
-
-            async def one(index: int, client: Client, gate: asyncio.Event = gate) -> Result:
-                await gate.wait()
-                text = f"Concurrent {index}. fake:deltas=50 fake:slow=4"
-                return await client.turn(request_body([user_message(text)]))
-
-            tasks = [asyncio.create_task(one(i, c)) for i, c in enumerate(clients)]
-            await asyncio.sleep(0.05)
-            started = time.perf_counter()
-            gate.set()
-            outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-            wall = time.perf_counter() - started
-            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
-            ok = [o for o in outcomes if isinstance(o, Result)]
-            errors = [repr(o)[:200] for o in outcomes if not isinstance(o, Result)]
-            ttfd = [o.ttfd for o in ok]
-            rounds[mode].append(
-                {
-                    "completed": len(ok),
-                    "errors": errors[:5],
-                    "error_count": len(errors),
-                    "ttfd_p50_ms": percentile(ttfd, 0.5) * 1000 if ttfd else None,
-                    "ttfd_p99_ms": percentile(ttfd, 0.99) * 1000 if ttfd else None,
-                    "total_p50_ms": percentile([o.total for o in ok], 0.5) * 1000 if ok else None,
-                    "wall_ms": wall * 1000,
-                }
-            )
-    out: Json = {"concurrency": cfg.concurrency, "rounds": rounds, "modes": {}}
-    for mode in MODES:
-        rs = rounds[mode]
-        out["modes"][mode] = {
-            "completed_min": min(r["completed"] for r in rs),
-            "of": cfg.concurrency,
-            **{
-                key: summary([r[key] for r in rs if r[key] is not None])
-                for key in ("ttfd_p50_ms", "ttfd_p99_ms", "total_p50_ms", "wall_ms")
-            },
-        }
+        for workload, directives in CONCURRENCY_WORKLOADS.items():
+            for mode in rotated(run):
+                rounds[workload][mode].append(await concurrent_round(cfg, st, mode, directives))
+    out: Json = {"concurrency": cfg.concurrency, "workloads": CONCURRENCY_WORKLOADS}
+    for workload, by_mode in rounds.items():
+        modes: Json = {}
+        for mode in MODES:
+            rs = by_mode[mode]
+            modes[mode] = {
+                "completed_min": min(r["completed"] for r in rs),
+                "of": cfg.concurrency,
+                **{
+                    key: summary([r[key] for r in rs if r[key] is not None])
+                    for key in (
+                        "ttfd_p50_ms",
+                        "ttfd_p99_ms",
+                        "total_p50_ms",
+                        "wall_ms",
+                        "proxy_cpu_ms_per_stream",
+                    )
+                },
+            }
+        # The streaming workload's figures stay where earlier results have them.
+        if workload == "streaming":
+            out["rounds"] = by_mode
+            out["modes"] = modes
+        else:
+            out[workload] = {"rounds": by_mode, "modes": modes}
     return out
 
 
@@ -844,6 +878,20 @@ def table(results: Json) -> tuple[str, list[Json]]:
         rows.append(("4 TTFD p50", *(conc[m]["ttfd_p50_ms"] for m in MODES), " ms", 1, False))
         rows.append(("4 TTFD p99", *(conc[m]["ttfd_p99_ms"] for m in MODES), " ms", 1, False))
         rows.append(("4 all streams done", *(conc[m]["wall_ms"] for m in MODES), " ms", 0, False))
+        light = results["4_concurrency"].get("one_delta", {}).get("modes")
+        if light:
+            rows.append(
+                (
+                    "4 one-delta streams: TTFD p99",
+                    *(light[m]["ttfd_p99_ms"] for m in MODES),
+                    " ms",
+                    1,
+                    False,
+                )
+            )
+            cpu: list[Json | None] = [None]
+            cpu += [light[m]["proxy_cpu_ms_per_stream"] for m in MODES[1:]]
+            rows.append(("4 one-delta: proxy CPU/stream", *cpu, " ms", 2, False))
     lines = []
     header = f"{'figure':34} {'direct':26} {'passthrough':26} {'bridge':26} bridge/pass"
     lines += [header, "-" * len(header)]
