@@ -8,6 +8,7 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
@@ -137,12 +138,14 @@ def sse_data(body: bytes) -> list[object]:
 
 
 @asynccontextmanager
-async def burst_upstream(gaps: dict[int, float] | None = None) -> AsyncIterator[str]:
-    """A websocket upstream that sends BURST when a client connects: all at once, or with a
-    pause of ``gaps[i]`` seconds before event ``i``."""
+async def burst_upstream(
+    gaps: dict[int, float] | None = None, events: list[dict[str, Any]] = BURST
+) -> AsyncIterator[str]:
+    """A websocket upstream that sends ``events`` when a client connects: all at once, or with
+    a pause of ``gaps[i]`` seconds before event ``i``."""
 
     async def handler(connection: ServerConnection) -> None:
-        for index, event in enumerate(BURST):
+        for index, event in enumerate(events):
             if gaps and index in gaps:
                 await asyncio.sleep(gaps[index])
             await connection.send(json.dumps(event))  # without a pause: all written together
@@ -155,16 +158,19 @@ async def burst_upstream(gaps: dict[int, float] | None = None) -> AsyncIterator[
 
 @asynccontextmanager
 async def relaying(
-    ex: Exchange, gaps: dict[int, float] | None = None
+    ex: Exchange,
+    gaps: dict[int, float] | None = None,
+    events: list[dict[str, Any]] = BURST,
+    plan: Plan | None = None,
 ) -> AsyncIterator[tuple[asyncio.Task[object], asyncio.StreamReader, list[bytes]]]:
-    """Relay BURST (with ``gaps``) as SSE into a loopback writer, in a task; ``ex.sse_body``
+    """Relay ``events`` (with ``gaps``) as SSE into a loopback writer, in a task; ``ex.sse_body``
     gets the body, the list each chunk as it was written (as mitmproxy reads it)."""
     chunks: list[bytes] = []
-    async with burst_upstream(gaps) as url, loopback_writer() as (writer, reader):
+    async with burst_upstream(gaps, events) as url, loopback_writer() as (writer, reader):
         socket_ = await open_socket(url, [], connect_timeout=5)
         sink = ex.sink = ClientSink(ex, writer, attach_timeout=5)
         sink.stream_chunks_to(lambda chunk: (ex.sse_body.extend(chunk), chunks.append(chunk)))
-        plan = Plan({"type": "response.create"}, "new", [])
+        plan = plan or Plan({"type": "response.create"}, "new", [])
         task: asyncio.Task[object] = asyncio.create_task(
             relay.relay_stream(socket_, sink, ex, plan)
         )
@@ -245,3 +251,37 @@ async def test_until_forwarded_returns_at_once_for_what_was_already_sent_on() ->
     assert ex.forwarded(b"abc") == b"abc"  # the chunk passes unchanged
     await asyncio.wait_for(ex.until_forwarded(3, 60), 1)
     assert not ex.awaiting_forward
+
+
+async def test_the_client_s_previous_response_id_goes_into_the_response_not_a_nested_field() -> (
+    None
+):
+    # The upstream's response has no previous_response_id of its own, but an output item holds a
+    # field of that name: editing the text would change that one, so the event is serialized.
+    item = {"type": "message", "id": "msg_1", "metadata": {"previous_response_id": None}}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": {"id": "resp_2", "status": "in_progress"}},
+        {"type": "response.output_text.delta", "delta": "hi"},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {
+            "type": "response.completed",
+            "response": {"id": "resp_2", "status": "completed", "output": [item]},
+        },
+    ]
+    plan = Plan(
+        {"type": "response.create"},
+        "rehydrated",
+        [],
+        show_previous=True,
+        shown_previous_id="resp_1",
+    )
+    ex = exchange()
+    ex.forwarded_bytes = 1 << 30
+    async with relaying(ex, events=events, plan=plan) as (task, _reader, _chunks):
+        await asyncio.wait_for(task, 10)
+    created, _delta, _done, completed = sse_data(bytes(ex.sse_body))
+    for event in (created, completed):
+        assert isinstance(event, dict)
+        assert event["response"]["previous_response_id"] == "resp_1"
+    assert isinstance(completed, dict)
+    assert completed["response"]["output"] == [item]

@@ -270,8 +270,15 @@ async def relay_stream(
         text = None if changed else raw
         shown_event, shown = _show_previous(fixed, plan)
         if shown and text is not None:
-            current = fixed["response"].get("previous_response_id")
-            text = sse.with_previous_response_id(text, current, plan.shown_previous_id)
+            response = fixed["response"]
+            # The one occurrence the text edit finds must be the response's own field.
+            text = (
+                sse.with_previous_response_id(
+                    text, response["previous_response_id"], plan.shown_previous_id
+                )
+                if "previous_response_id" in response
+                else None
+            )
         frame = sse.encode_event(shown_event, text)
         batch.append(frame)
         batch_bytes += len(frame)
