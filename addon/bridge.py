@@ -42,9 +42,6 @@ _INTERNAL_HEADERS = frozenset({SECRET_HEADER.encode(), FLOW_HEADER.encode()})
 # the loopback server (normally well under a millisecond; a flow that never gets there is ended
 # earlier by the ``response``/``error`` hooks).
 _ATTACH_TIMEOUT = 30.0
-# How long an upstream that refused the websocket upgrade with 426 ("no websocket mode"; or 404,
-# 405) gets its Responses requests passed through over HTTP before its websocket is tried again.
-_HTTP_ONLY_SECONDS = 600.0
 
 
 class _Original(NamedTuple):
@@ -102,6 +99,7 @@ class ResponsesBridge:
         self._originals: dict[str, _Original] = {}
         # Upstreams without a websocket mode (426 on the upgrade) -> until when to pass through.
         self._http_only: dict[str, float] = {}
+        self._http_only_period = 600.0
         # Flows passed through over HTTP instead -> their SSE body, kept for inspection.
         self._passed_through: dict[str, bytearray] = {}
         self._registry = sessions.Registry()
@@ -177,6 +175,14 @@ class ResponsesBridge:
             1,
             "Upstream sockets opened ahead per credential and upstream, so a fresh request does "
             "not wait for a handshake (within max_sessions; closed after session_ttl idle).",
+        )
+        loader.add_option(
+            "responses_bridge_http_only_period",
+            str,
+            "600",
+            "Seconds an upstream that refused the websocket upgrade (426, 404, 405: no websocket "
+            "mode) gets its requests passed through over HTTP before its websocket is tried "
+            "again; 0 tries every request.",
         )
         loader.add_option(
             "responses_bridge_session_ttl",
@@ -299,6 +305,11 @@ class ResponsesBridge:
         limits.transcript_max_bytes = opts.responses_bridge_transcript_max_bytes
         limits.transcripts_total_bytes = opts.responses_bridge_transcripts_total_bytes
         limits.keep_transcripts = opts.responses_bridge_rehydrate
+        self._http_only_period = _seconds(
+            "responses_bridge_http_only_period",
+            opts.responses_bridge_http_only_period,
+            allow_zero=True,
+        )
         if opts.responses_bridge_warm_sockets < 0:
             raise exceptions.OptionsError("responses_bridge_warm_sockets must be 0 or more")
         limits.warm_sockets = opts.responses_bridge_warm_sockets
@@ -530,13 +541,15 @@ class ResponsesBridge:
 
     def _mark_http_only(self, upstream_url: str) -> None:
         if self._http_only.get(upstream_url, 0.0) <= time.monotonic():
+            period = self._http_only_period
             logger.info(
-                "responses-bridge: %s has no websocket mode (the upgrade was refused); its "
-                "Responses requests pass through over HTTP for the next %.0f s",
+                "responses-bridge: %s has no websocket mode (the upgrade was refused); %s",
                 upstream_url,
-                _HTTP_ONLY_SECONDS,
+                f"its Responses requests pass through over HTTP for the next {period:g} s"
+                if period
+                else "this request passes through over HTTP, the next one tries again",
             )
-        self._http_only[upstream_url] = time.monotonic() + _HTTP_ONLY_SECONDS
+        self._http_only[upstream_url] = time.monotonic() + self._http_only_period
 
     async def _answer_early(
         self, exchange: Exchange, request: IncomingRequest, sink: ClientSink

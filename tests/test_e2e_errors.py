@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -249,13 +250,50 @@ def test_an_upstream_without_websocket_mode_is_passed_through_over_http(
     assert json_flow.response.json()["status"] == "completed"
 
 
+def without_websocket_mode(
+    fake: FakeUpstream, start_bridge: StartBridge, *options: str
+) -> Mitmdump:
+    """The bridge in front of an upstream that answers over HTTP and refuses the upgrade."""
+    fake.http_responses = True
+    fake.handshake_status = 426
+    return start_bridge(fake, *options)
+
+
+def test_the_websocket_is_tried_again_after_the_http_only_period(
+    fake: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    bridge = without_websocket_mode(fake, start_bridge, "responses_bridge_http_only_period=1")
+    assert post(bridge, {"model": "m", "input": "first"}).status_code == 200
+    bridge.wait_for_log(r"over HTTP for the next 1 s")
+    fake.handshake_status = None  # the upstream gains a websocket mode
+    second = post(bridge, {"model": "m", "input": "second"})
+    assert second.status_code == 200 and "x-responses-bridge" not in second.headers
+    assert len(fake.handshake_headers) == 1  # within the period: not tried
+    time.sleep(1.1)
+    third = post(bridge, {"model": "m", "input": "third"})
+    assert third.status_code == 200, third.text[:300]
+    assert third.headers["x-responses-bridge"] == "new"  # bridged again
+    assert len(fake.handshake_headers) == 2
+    assert [r["path"] for r in fake.http_requests] == ["/v1/responses"] * 2
+
+
+def test_an_http_only_period_of_zero_tries_the_websocket_every_time(
+    fake: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    bridge = without_websocket_mode(fake, start_bridge, "responses_bridge_http_only_period=0")
+    for text in ("first", "second"):
+        answer = post(bridge, {"model": "m", "input": text})
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.json()["output"][0]["content"][0]["text"].startswith(f"echo: {text}")
+    assert len(fake.handshake_headers) == 2
+    bridge.wait_for_log(r"this request passes through over HTTP, the next one tries again")
+
+
 def test_without_the_early_start_the_refusal_is_answered_once_then_passed_through(
     fake: FakeUpstream, start_bridge: StartBridge
 ) -> None:
-    fake.http_responses = True
-    fake.handshake_status = 426
     # Streamed request bodies are answered by the loopback server, not from the request hook.
-    bridge = start_bridge(fake, "stream_large_bodies=1")
+    bridge = without_websocket_mode(fake, start_bridge, "stream_large_bodies=1")
     error = assert_error_body(post(bridge, {"model": "m", "input": "first"}), 426)
     assert "no websocket mode" in str(error["message"])
     second = post(bridge, {"model": "m", "input": "second"})

@@ -144,6 +144,7 @@ def test_invalid_options_fail_clearly(fake: FakeUpstream, tmp_path: Path) -> Non
         ("responses_bridge_upstream=http://x", "ws:// or wss://"),
         ("responses_bridge_connect_timeout=soon", "number of seconds"),
         ("responses_bridge_chatgpt_compat=maybe", "auto, on or off"),
+        ("responses_bridge_http_only_period=-1", "non-negative number of seconds"),
     ]:
         with pytest.raises(RuntimeError) as caught:
             Mitmdump(["--set", option], tmp_path)
