@@ -441,7 +441,7 @@ class ResponsesBridge:
         if flow.response.raw_content is None and exchange.stream:
             flow.response.content = bytes(exchange.sse_body)
         self._finish(flow, exchange)
-        exchange.delivered()
+        exchange.first_output_sent()
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._restore(flow)
@@ -456,7 +456,7 @@ class ResponsesBridge:
             )
             exchange.error_code = exchange.error_code or "client_disconnected"
             self._finish(flow, exchange)
-            exchange.delivered()
+            exchange.first_output_sent()
 
     # -- commands ----------------------------------------------------------------------------
 

@@ -403,3 +403,24 @@ def test_warm_sockets_never_exceed_capacity(fake: FakeUpstream, start_bridge: St
     assert fake.open_sockets == 2
     second, _ = turn(client, "two")  # capacity full: served by the warm socket
     assert context_count(second.output_text) == 1
+
+
+def test_the_warm_pool_is_refilled_while_an_answer_still_streams(
+    fake: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    # A fresh request sent while another answer streams (a chat title, a parallel subagent)
+    # finds a socket opened ahead: the pool refills once the first delta reached the client,
+    # not only once the whole answer has.
+    client = client_for(start_bridge(fake, "responses_bridge_warm_sockets=1"))
+    turn(client, "one")
+    wait_until(lambda: fake.connections == 2)  # the chain's socket and one opened ahead
+    with client.responses.create(
+        model="m", input="long fake:silent fake:phase=after_created", store=False, stream=True
+    ) as streaming:  # takes the warm socket; the upstream goes quiet after one delta
+        kinds = (event.type for event in streaming)
+        assert "response.output_text.delta" in kinds
+        wait_until(lambda: fake.connections == 3, timeout=5, what="a warm socket mid-stream")
+        fresh, label = turn(client, "fresh conversation")
+        assert label == "new" and context_count(fresh.output_text) == 1
+        assert len(fake.sockets[2].frames) == 1  # served by the socket opened mid-stream
+        assert not fake.sockets[1].closed  # the streaming answer is still open upstream

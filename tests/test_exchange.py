@@ -111,13 +111,13 @@ async def test_a_streamed_head_goes_out_with_the_first_chunk() -> None:
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in data
 
 
-def test_after_delivery_runs_once() -> None:
+def test_after_first_output_runs_once() -> None:
     ex = exchange()
     calls: list[int] = []
-    ex.after_delivery = lambda: calls.append(1)
-    ex.delivered()
-    ex.delivered()
-    assert calls == [1] and ex.after_delivery is None
+    ex.after_first_output = lambda: calls.append(1)
+    ex.first_output_sent()
+    ex.first_output_sent()
+    assert calls == [1] and ex.after_first_output is None
 
 
 # -- the first delta goes out ahead of the rest of its burst -------------------------------------

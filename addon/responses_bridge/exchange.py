@@ -67,8 +67,9 @@ class Exchange:
     # Set once the turn's frame is on the wire (or the turn will send none): an early-started
     # turn holds mitmproxy's request hook until then, so the send is not queued behind it.
     dispatched: asyncio.Event = field(default_factory=asyncio.Event)
-    # Run once mitmproxy is done with the flow (its answer delivered, or the client gone).
-    after_delivery: Callable[[], None] | None = None
+    # Run once, when the client has the answer's first output (a stream's first delta passed
+    # on by mitmproxy) or else when mitmproxy is done with the flow (answer delivered, client gone).
+    after_first_output: Callable[[], None] | None = None
     # Bytes of the SSE body mitmproxy has sent on to the client (counted by ``forwarded``).
     forwarded_bytes: int = 0
     _forward_waiter: tuple[int, asyncio.Future[None]] | None = None
@@ -128,9 +129,9 @@ class Exchange:
         elif kind == "codex.rate_limits":
             self.rate_limits = event
 
-    def delivered(self) -> None:
-        """Run ``after_delivery`` if it is set (once)."""
-        callback, self.after_delivery = self.after_delivery, None
+    def first_output_sent(self) -> None:
+        """Run ``after_first_output`` if it is set (once)."""
+        callback, self.after_first_output = self.after_first_output, None
         if callback is not None:
             callback()
 

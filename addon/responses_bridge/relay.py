@@ -112,9 +112,10 @@ async def answer(
             )
             if settings.stateful:
                 # Refill the warm pool so the next fresh request of this owner finds a socket
-                # already open; once mitmproxy has delivered this answer, as a handshake's CPU
-                # would otherwise delay it (everything runs on mitmproxy's one thread).
-                exchange.after_delivery = partial(
+                # already open, even one sent while this answer still streams; not before the
+                # client has this answer's first output, as a handshake's CPU would delay it
+                # (everything runs on mitmproxy's one thread).
+                exchange.after_first_output = partial(
                     registry.keep_warm, turn.owner, exchange.upstream_url, connect
                 )
             exchange.on_created = partial(registry.producing, session)
@@ -294,6 +295,7 @@ async def relay_stream(
             await flush()
             if sink.attached and not sink.gone:
                 await exchange.until_forwarded(len(exchange.sse_body), FIRST_DELTA_WAIT)
+            exchange.first_output_sent()
         elif batch_bytes >= _MAX_BATCH_BYTES or (first_delta_out and not socket.has_pending()):
             await flush()
 
