@@ -883,6 +883,35 @@ async def test_keep_warm_fills_the_pool_and_open_takes_from_it() -> None:
     assert fresh.socket is world.sockets[3]  # another owner never gets this owner's socket
 
 
+async def test_a_burst_during_a_warm_up_waits_for_it_only_as_far_as_it_opens_sockets() -> None:
+    world = World(warm_sockets=1, max_sessions=8)
+    handshake = asyncio.Event()
+    calls = []
+
+    async def slow_first_connect() -> FakeSocket:
+        calls.append(1)
+        if len(calls) == 1:
+            await handshake.wait()  # the warm-up's handshake is still under way
+        return await world.connect()
+
+    world.registry.keep_warm(world.owner, UP, slow_first_connect)
+    await asyncio.sleep(0)
+    first = asyncio.create_task(world.registry.open(world.owner, UP, slow_first_connect))
+    others = [
+        asyncio.create_task(world.registry.open(world.owner, UP, slow_first_connect))
+        for _ in range(3)
+    ]
+    # The rest of the burst connects at once, without waiting for the warm-up...
+    done, _ = await asyncio.wait(others, timeout=5)
+    assert done == set(others) and not first.done()
+    assert len(world.sockets) == 3
+    # ...and the one request that waited gets the warm socket once it is open.
+    handshake.set()
+    warm = await asyncio.wait_for(first, 5)
+    assert warm.socket is world.sockets[3] and len(world.sockets) == 4
+    assert world.registry._warm_waiters == {}
+
+
 async def test_warm_sockets_use_only_free_capacity_and_go_first() -> None:
     world = World(warm_sockets=5, max_sessions=2)
     await world.retained("resp_a")

@@ -154,6 +154,8 @@ class Registry:
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
     _warm: dict[tuple[str, str], list[Session]] = field(default_factory=dict)
     _warming: dict[tuple[str, str], asyncio.Task[None]] = field(default_factory=dict)
+    # Fresh requests waiting for a warm-up in flight, per (owner, upstream).
+    _warm_waiters: dict[tuple[str, str], int] = field(default_factory=dict)
     # Warm sockets handed out and not yet replaced, per pool: a replacement may evict the least
     # recently used idle socket when the registry is full (a fresh request would evict it anyway).
     _owed: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -285,12 +287,21 @@ class Registry:
     ) -> Session:
         """A socket for a fresh turn: a warm one if there is one, else reserve capacity (closing
         warm, then least recently used idle sockets if full) and connect."""
+        key = (owner, upstream)
         warm = self._take_warm(owner, upstream)
-        warming = self._warming.get((owner, upstream))
-        if warm is None and warming is not None:
-            # A warm-up is already connecting: it started earlier, so it is ready sooner
-            # than a connection started now.
-            await asyncio.wait([warming], timeout=5)
+        warming = self._warming.get(key)
+        waiters = self._warm_waiters.get(key, 0)
+        if warm is None and warming is not None and waiters < self.limits.warm_sockets:
+            # A warm-up is already connecting: it started earlier, so it is ready sooner than a
+            # connection started now. As many requests wait for it as it opens sockets; the
+            # rest of a burst connects at once.
+            self._warm_waiters[key] = waiters + 1
+            try:
+                await asyncio.wait([warming], timeout=5)
+            finally:
+                left = self._warm_waiters.pop(key) - 1
+                if left:
+                    self._warm_waiters[key] = left
             warm = self._take_warm(owner, upstream)
         if warm is not None:
             return warm
