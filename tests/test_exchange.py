@@ -4,8 +4,10 @@ it from the end of mitmproxy's request hooks); its writes wait for the writer, n
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -109,6 +111,24 @@ async def test_a_streamed_head_goes_out_with_the_first_chunk() -> None:
         await writer.write(b"event: a\n\n")
         data = await asyncio.wait_for(reader.readuntil(b"event: a\n\n\r\n"), 1)
     assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in data
+
+
+async def test_an_exchange_and_its_sink_are_freed_without_the_garbage_collector() -> None:
+    # Each refers to the other's parts, not to the other: no cycle keeps a finished turn (its
+    # task, its events, its SSE body) alive until the cyclic collector runs.
+    gc.disable()
+    try:
+        async with loopback_writer() as (writer, _reader):
+            ex = exchange()
+            ex.sink = ClientSink(ex, writer, attach_timeout=5)
+            ex.sink.stream_chunks_to(ex.sse_body.extend)
+            await ex.sink.write(b"data")
+            ex.sink.leave()
+            freed = weakref.ref(ex)
+            del ex
+            assert freed() is None
+    finally:
+        gc.enable()
 
 
 def test_after_first_output_runs_once() -> None:

@@ -172,7 +172,10 @@ class ClientSink:
     def __init__(
         self, exchange: Exchange, writer: ResponseWriter | None = None, *, attach_timeout: float
     ) -> None:
-        self.exchange = exchange
+        # What the sink needs of its exchange, not the exchange itself: the exchange holds the
+        # sink, and a cycle would leave both (and the turn's events) to the garbage collector.
+        self._drain_timeout = exchange.settings.drain_timeout
+        self._dispatched = exchange.dispatched
         self.writer: ResponseWriter | None = None
         self.gone = False
         self._committed = False  # a stream was started, even if the client had already left
@@ -211,11 +214,11 @@ class ClientSink:
         if self.gone:
             return
         self.gone = True
-        self._deadline = time.monotonic() + self.exchange.settings.drain_timeout
+        self._deadline = time.monotonic() + self._drain_timeout
         if self.writer is not None:
             self.writer.abort()
         self._attached.set()  # nothing waits for a writer that will not come
-        self.exchange.dispatched.set()
+        self._dispatched.set()
 
     def drain_remaining(self) -> float:
         """Seconds left to drain after the client left (infinite while it is here)."""
@@ -225,7 +228,7 @@ class ClientSink:
 
     async def _ready(self) -> ResponseWriter | None:
         if self.writer is None and not self.gone:
-            self.exchange.dispatched.set()  # the hook that brings the writer must not wait
+            self._dispatched.set()  # the hook that brings the writer must not wait
             try:
                 await asyncio.wait_for(self._attached.wait(), self._attach_timeout)
             except TimeoutError:
