@@ -654,10 +654,7 @@ class ResponsesBridge:
         # mitmproxy sends the end of the body to the client only after the response hooks, and
         # a log record costs more than the rest of this hook (every addon's log hook sees it):
         # it is written once this hook has returned.
-        try:
-            asyncio.get_running_loop().call_soon(logger.info, line)
-        except RuntimeError:  # no event loop: a hook called directly
-            logger.info(line)
+        asyncio.get_running_loop().call_soon(logger.info, line)
 
 
 def _without_internal_headers(
