@@ -52,7 +52,8 @@ Opt-in extras, off by default (the benchmark, ``scripts/bench.py``, turns them o
   get ``426``.
 - ``input_cost_ms_per_kb``: before ``response.created``, sleep that many milliseconds per KB
   of input items the upstream has not seen on that socket (the request's ``input``: only the
-  new items of a continuation; every item of a full request or an HTTP request).
+  new items of a continuation; every item of a full request or an HTTP request), to within a
+  few microseconds (an asyncio timer alone wakes up to ~1.4 ms late).
 
 Run standalone: ``python tests/fake_upstream.py [--port 8765] [--directives "..."]``.
 """
@@ -109,6 +110,9 @@ PHASES = ("before_created", "after_created", "mid", "after_completed")
 
 _DIRECTIVE_RE = re.compile(r"(?<![\w:])fake:([A-Za-z_]+)(?:=(\S+))?")
 _TRAILING_PUNCT = ".,;!?)]}\"'"
+# The part of an exact sleep that is spun rather than left to an asyncio timer (see
+# ``FakeUpstream._sleep_exactly``): more than the timers' overshoot.
+_EXACT_SLEEP_SPIN = 0.002
 
 
 # --------------------------------------------------------------------------- helpers
@@ -739,6 +743,16 @@ class FakeUpstream:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
+    async def _sleep_exactly(self, seconds: float) -> None:
+        """``_sleep``, without asyncio's overshoot: a timer wakes the loop up to ~1.4 ms late
+        here (epoll's millisecond timeouts), which would add a fixed cost to every simulated
+        input cost, largest in proportion for the smallest inputs. The last
+        ``_EXACT_SLEEP_SPIN`` seconds are spun (yielding to the loop), costing that much CPU."""
+        deadline = time.monotonic() + seconds
+        await self._sleep(seconds - _EXACT_SLEEP_SPIN)
+        while time.monotonic() < deadline and not (self._stopping and self._stopping.is_set()):
+            await asyncio.sleep(0)
+
     # -- handshake
 
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
@@ -883,7 +897,7 @@ class _Turn:
         if self.fake.input_cost_ms_per_kb > 0:
             # Only the request's own input is new to this socket: a continuation's chain is not.
             kilobytes = len(json.dumps(self.new_items)) / 1024
-            await self.fake._sleep(self.fake.input_cost_ms_per_kb * kilobytes / 1000)
+            await self.fake._sleep_exactly(self.fake.input_cost_ms_per_kb * kilobytes / 1000)
         directives = self.directives
         plan, injects = self.plan()
         delay_ms = directives.get("slow")

@@ -620,3 +620,41 @@ def test_thread_runner() -> None:
                 ws.recv(timeout=5)
         assert fake.sockets[0].closed and fake.sockets[0].close_code == 1001
     assert runner.fake is fake
+
+
+@pytest.mark.asyncio
+async def test_input_cost_charges_only_the_items_new_to_the_socket(
+    fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    charged: list[float] = []
+
+    async def record(seconds: float) -> None:
+        charged.append(seconds)
+
+    monkeypatch.setattr(fake, "_sleep_exactly", record)
+    fake.input_cost_ms_per_kb = 0.5
+    long_text = "x" * 4000
+    items = [{"role": "user", "content": long_text}]
+    async with await open_ws(fake) as ws:
+        first = final(await turn(ws, input=items))
+        await turn(ws, input=[{"role": "user", "content": "y"}], previous_response_id=first["id"])
+    full_kb = len(json.dumps(items)) / 1024
+    assert charged[0] == pytest.approx(0.5 * full_kb / 1000)
+    assert 0 < charged[1] < charged[0] / 50  # the chain's 4 KB is not charged again
+
+
+@pytest.mark.asyncio
+async def test_exact_sleep_lasts_its_time_and_stops_with_the_server() -> None:
+    fake = FakeUpstream(handshake_delay=0)
+    await fake.start()
+    try:
+        for seconds in (0.0, 0.0005, 0.003):
+            started = time.monotonic()
+            await fake._sleep_exactly(seconds)
+            assert time.monotonic() - started >= seconds
+        sleeper = asyncio.create_task(fake._sleep_exactly(30))
+        await asyncio.sleep(0.05)
+    finally:
+        await fake.stop()
+    async with asyncio.timeout(2):
+        await sleeper  # woken by the stop, long before its 30 s
