@@ -108,6 +108,22 @@ TERMINAL_EVENTS = frozenset(
 )
 PHASES = ("before_created", "after_created", "mid", "after_completed")
 
+
+def text_event_types(deltas: int = DEFAULT_DELTAS) -> list[str]:
+    """The event types of a plain text answer streamed in ``deltas`` deltas, in order."""
+    return [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+
+
 _DIRECTIVE_RE = re.compile(r"(?<![\w:])fake:([A-Za-z_]+)(?:=(\S+))?")
 _TRAILING_PUNCT = ".,;!?)]}\"'"
 # The part of an exact sleep that is spun rather than left to an asyncio timer (see

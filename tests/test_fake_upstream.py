@@ -21,21 +21,12 @@ from tests.fake_upstream import (
     answer_text,
     parse_directives,
     split_text,
+    text_event_types,
 )
 
 Json = dict[str, Any]
 
-TEXT_SEQUENCE = [
-    "response.created",
-    "response.in_progress",
-    "response.output_item.added",
-    "response.content_part.added",
-    *["response.output_text.delta"] * 4,
-    "response.output_text.done",
-    "response.content_part.done",
-    "response.output_item.done",
-    "response.completed",
-]
+TEXT_SEQUENCE = text_event_types()
 
 
 @pytest_asyncio.fixture
