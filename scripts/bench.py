@@ -21,6 +21,7 @@ Figures (medians over the runs, with min and max):
 2. relay throughput: wall time and events/s of one stream of 10,000 deltas;
 3. a 20-turn chain (2 KB of user text per turn) with the fake's input cost at 0.2 ms/KB: the
    bridge and direct send only the new turn, passthrough re-sends the whole context every turn;
+   and each proxy's CPU per turn (from ``/proc``, in 10 ms ticks: about ±0.5 ms a turn);
 4. 100 concurrent streams: all complete? p50/p99 time to first delta;
 5. memory: mitmdump's RSS per retained idle session, over 500 sessions.
 
@@ -506,6 +507,7 @@ async def figure_chain(cfg: Config, st: Stack) -> Json:
     per_turn: dict[str, list[list[float]]] = {m: [] for m in modes}
     per_turn_total: dict[str, list[list[float]]] = {m: [] for m in modes}
     uploaded: dict[str, list[int]] = {m: [] for m in modes}
+    proxy_cpu: dict[str, list[float]] = {m: [] for m in modes}
     states: dict[str, set[str]] = {m: set() for m in modes}
     for mode in modes:
         client, full = chain_client(st, mode)
@@ -518,6 +520,8 @@ async def figure_chain(cfg: Config, st: Stack) -> Json:
             ttfds: list[float] = []
             totals: list[float] = []
             sent = 0
+            proxy = st.proxies.get("bridge" if mode == "bridge_full" else mode)
+            cpu_before = cpu_seconds(proxy.process.pid) if proxy else 0.0
             started = time.perf_counter()
             try:
                 for turn in range(1, cfg.chain_turns + 1):
@@ -533,6 +537,8 @@ async def figure_chain(cfg: Config, st: Stack) -> Json:
             finally:
                 await client.close()
             walls[mode].append(time.perf_counter() - started)
+            if proxy:
+                proxy_cpu[mode].append(cpu_seconds(proxy.process.pid) - cpu_before)
             per_turn[mode].append(ttfds)
             per_turn_total[mode].append(totals)
             uploaded[mode].append(sent)
@@ -549,6 +555,9 @@ async def figure_chain(cfg: Config, st: Stack) -> Json:
                 "follow_up_ttfd_ms": summary([t for chain in per_turn[m] for t in chain[1:]], 1000),
                 "last_turn_ttfd_ms": summary([chain[-1] for chain in per_turn[m]], 1000),
                 "uploaded_bytes": summary([float(u) for u in uploaded[m]]),
+                "proxy_cpu_per_turn_ms": (
+                    summary(proxy_cpu[m], 1000 / cfg.chain_turns) if proxy_cpu[m] else None
+                ),
             }
             for m in modes
         },
@@ -864,6 +873,18 @@ def table(results: Json) -> tuple[str, list[Json]]:
                     False,
                 )
             )
+            if full.get("proxy_cpu_per_turn_ms"):
+                rows.append(
+                    (
+                        "3 full history: proxy CPU/turn",
+                        None,
+                        chain["passthrough"]["proxy_cpu_per_turn_ms"],
+                        full["proxy_cpu_per_turn_ms"],
+                        " ms",
+                        1,
+                        False,
+                    )
+                )
     conc = results.get("4_concurrency", {}).get("modes")
     if conc:
         n = results["4_concurrency"]["concurrency"]
