@@ -41,6 +41,8 @@ def test_openai_node_streams_follows_up_and_gets_clear_errors(
     bridge = start_bridge(fake)
     seen = run_client(bridge.base_url)
     assert seen["sdk_version"].startswith("6.")
+    for answered in ("stream", "follow_up", "json"):
+        assert "error" not in seen[answered], seen[answered]
 
     stream = seen["stream"]
     assert stream["types"] == text_event_types(5)
