@@ -131,6 +131,11 @@ class Stack:
     def url(self, mode: str) -> str:
         return f"{self.proxies[mode].base_url}/responses"
 
+    def proxy_cpu(self, mode: str) -> float | None:
+        """CPU seconds the proxy of ``mode`` has used so far; None for ``direct`` (no proxy)."""
+        proxy = self.proxies.get(mode)
+        return cpu_seconds(proxy.process.pid) if proxy else None
+
     def stop(self) -> None:
         for proxy in self.proxies.values():
             proxy.stop()
@@ -455,11 +460,11 @@ async def figure_throughput(cfg: Config, st: Stack) -> Json:
         for run in range(cfg.throughput_runs):
             for mode in rotated(run):
                 text = f"Stream {run} please. fake:deltas={cfg.deltas}"
-                pid = st.proxies[mode].process.pid if mode != "direct" else None
-                cpu_before = cpu_seconds(pid) if pid else 0.0
+                cpu_before = st.proxy_cpu(mode)
                 result = await clients[mode].turn(request_body([user_message(text)]))
-                if pid:
-                    cpu[mode].append(cpu_seconds(pid) - cpu_before)
+                cpu_after = st.proxy_cpu(mode)
+                if cpu_before is not None and cpu_after is not None:
+                    cpu[mode].append(cpu_after - cpu_before)
                 walls[mode].append(result.total)
                 rates[mode].append(result.events / result.total)
                 events[mode] = result.events
@@ -520,8 +525,7 @@ async def figure_chain(cfg: Config, st: Stack) -> Json:
             ttfds: list[float] = []
             totals: list[float] = []
             sent = 0
-            proxy = st.proxies.get("bridge" if mode == "bridge_full" else mode)
-            cpu_before = cpu_seconds(proxy.process.pid) if proxy else 0.0
+            cpu_before = st.proxy_cpu(client.mode)
             started = time.perf_counter()
             try:
                 for turn in range(1, cfg.chain_turns + 1):
@@ -537,8 +541,9 @@ async def figure_chain(cfg: Config, st: Stack) -> Json:
             finally:
                 await client.close()
             walls[mode].append(time.perf_counter() - started)
-            if proxy:
-                proxy_cpu[mode].append(cpu_seconds(proxy.process.pid) - cpu_before)
+            cpu_after = st.proxy_cpu(client.mode)
+            if cpu_before is not None and cpu_after is not None:
+                proxy_cpu[mode].append(cpu_after - cpu_before)
             per_turn[mode].append(ttfds)
             per_turn_total[mode].append(totals)
             uploaded[mode].append(sent)
@@ -592,13 +597,13 @@ async def concurrent_round(cfg: Config, st: Stack, mode: str, directives: str) -
 
     tasks = [asyncio.create_task(one(i, c)) for i, c in enumerate(clients)]
     await asyncio.sleep(0.05)
-    proxy = st.proxies[mode].process.pid if mode in st.proxies else None
-    cpu_before = cpu_seconds(proxy) if proxy else 0.0
+    cpu_before = st.proxy_cpu(mode)
     started = time.perf_counter()
     gate.set()
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     wall = time.perf_counter() - started
-    cpu = cpu_seconds(proxy) - cpu_before if proxy else None
+    cpu_after = st.proxy_cpu(mode)
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
     ok = [o for o in outcomes if isinstance(o, Result)]
     errors = [repr(o)[:200] for o in outcomes if not isinstance(o, Result)]

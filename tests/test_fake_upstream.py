@@ -644,7 +644,7 @@ async def test_exact_sleep_lasts_its_time_and_stops_with_the_server() -> None:
             await fake._sleep_exactly(seconds)
             assert time.monotonic() - started >= seconds
         sleeper = asyncio.create_task(fake._sleep_exactly(30))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # the sleeper starts waiting
     finally:
         await fake.stop()
     async with asyncio.timeout(2):
