@@ -70,4 +70,4 @@ def test_codex_second_turn_is_chained(
     chained = fake.requests[1]
     assert chained["previous_response_id"]
     assert [item.get("role") for item in chained["input"]] == ["user"]
-    assert any("ws chained" in line for line in bridge.lines)
+    bridge.wait_for_log(r"ws chained")  # written just after the answer's end
