@@ -326,7 +326,8 @@ class ResponsesBridge:
             frozen = _freeze_start_up_objects()
             logger.info(
                 "responses-bridge: %d objects from start-up moved out of the garbage collector's "
-                "full collections (gc.freeze), which now pause mitmproxy's thread far less.",
+                "full collections (gc.freeze), which no longer walk them with mitmproxy's thread "
+                "stopped.",
                 frozen,
             )
             port = self._server.bind()
@@ -671,8 +672,8 @@ def _freeze_start_up_objects() -> int:
     start-up state) to the permanent generation, which the cyclic garbage collector never scans.
 
     A full collection walked all of them, about 85,000 objects, with mitmproxy's one thread
-    stopped: measured 57 ms per full collection under bridged traffic, 4 ms once they were frozen.
-    Everything created later (flows, sessions) is collected as before."""
+    stopped: 57 ms each under sequential full-history turns, 4 ms once they were frozen (README,
+    Performance). Everything created later (flows, sessions) is collected as before."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

@@ -3,9 +3,11 @@ proxy stops."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import time
+import weakref
 from pathlib import Path
 
 import httpx
@@ -89,14 +91,11 @@ class _Cycle:
 def test_start_up_objects_are_frozen_after_a_collection() -> None:
     """What exists at start-up leaves the cyclic collector's scans; garbage is collected first;
     what comes later is collected as before."""
-    import gc
-    import weakref
-
     import bridge as bridge_script
 
     kept = _Cycle()
     garbage = _Cycle()
-    collected = []
+    collected: list[bool] = []
     weakref.finalize(garbage, collected.append, True)
     del garbage
     try:
@@ -107,7 +106,7 @@ def test_start_up_objects_are_frozen_after_a_collection() -> None:
         assert id(kept) not in tracked
         later = _Cycle()
         assert id(later) in {id(obj) for obj in gc.get_objects()}
-        later_collected = []
+        later_collected: list[bool] = []
         weakref.finalize(later, later_collected.append, True)
         del later
         gc.collect()
