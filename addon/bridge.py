@@ -348,6 +348,9 @@ class ResponsesBridge:
             ctx.master.addons.remove(self._early_start)
         if self._stats.requests:
             logger.info("responses-bridge: counters %s", json.dumps(self._stats.as_dict()))
+        # Frozen objects are never collected: after a reload, this script's old module and
+        # instance would stay for good. The next instance collects them, then freezes again.
+        gc.unfreeze()
         tasks = [e.task for e in self._exchanges.values() if e.task is not None]
         for task in [*tasks, self._sweeper]:
             if task is not None:

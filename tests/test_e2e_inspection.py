@@ -4,6 +4,7 @@ flow, its comment, the diagnostic and rate-limit headers, keep-alives, and the c
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,7 @@ async def test_commands_in_process() -> None:
         assert {row["response_id"] for row in rows} >= {one.json()["id"]}
         assert all(row["turns"] == 1 and row["upstream"] == fake.url() for row in rows)
         assert all("sk-inspected" not in json.dumps(row) for row in rows)
+        assert gc.get_freeze_count() > 10_000  # start-up objects frozen by running()
         stats = json.loads(master.commands.execute("responses_bridge.stats"))
         assert stats["requests"] == 3 and stats["streamed"] == 1 and stats["json"] == 2
         assert stats["errors"] == {"bad": 1}
@@ -187,3 +189,4 @@ async def test_commands_in_process() -> None:
         master.shutdown()
         await asyncio.wait_for(running, 10)
         await fake.stop()
+    assert gc.get_freeze_count() == 0  # done() let them go: a reloaded script's old ones can go
