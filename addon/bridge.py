@@ -43,6 +43,11 @@ _INTERNAL_HEADERS = frozenset({SECRET_HEADER.encode(), FLOW_HEADER.encode()})
 # the loopback server (normally well under a millisecond; a flow that never gets there is ended
 # earlier by the ``response``/``error`` hooks).
 _ATTACH_TIMEOUT = 30.0
+# Objects alive this long after start, and then every period, are frozen out of the garbage
+# collector's full collections (see _freeze_long_lived_objects). The delay lets a reloaded
+# instance's closing tasks end first, so the old instance is collected, not frozen.
+_FREEZE_DELAY = 5.0
+_REFREEZE_PERIOD = 600.0
 
 
 class _Original(NamedTuple):
@@ -107,6 +112,7 @@ class ResponsesBridge:
         self._stats = report.Stats()
         self._view = view.make_view()
         self._sweeper: asyncio.Task[None] | None = None
+        self._freezer: asyncio.Task[None] | None = None
         self._host_patterns: tuple[str, ...] = ()
         self._settings = Settings()
         self._early_start = ResponsesBridgeEarlyStart(self)
@@ -323,13 +329,6 @@ class ResponsesBridge:
             )
             ctx.options.update(connection_strategy="lazy")
         if self._server_task is None:
-            frozen = _freeze_start_up_objects()
-            logger.info(
-                "responses-bridge: %d objects from start-up moved out of the garbage collector's "
-                "full collections (gc.freeze), which no longer walk them with mitmproxy's thread "
-                "stopped.",
-                frozen,
-            )
             port = self._server.bind()
             self._server_task = asyncio.get_running_loop().create_task(
                 self._server.serve(), name="responses-bridge loopback server"
@@ -340,6 +339,10 @@ class ResponsesBridge:
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(
                 self._sweep_forever(), name="responses-bridge session sweeper"
+            )
+        if self._freezer is None:
+            self._freezer = asyncio.get_running_loop().create_task(
+                self._freeze_forever(), name="responses-bridge garbage collector freeze"
             )
 
     def done(self) -> Awaitable[Any]:
@@ -352,7 +355,7 @@ class ResponsesBridge:
         # instance would stay for good. The next instance collects them, then freezes again.
         gc.unfreeze()
         tasks = [e.task for e in self._exchanges.values() if e.task is not None]
-        for task in [*tasks, self._sweeper]:
+        for task in [*tasks, self._sweeper, self._freezer]:
             if task is not None:
                 task.cancel()
         pending = [self._server.close(), self._registry.close_all(), *tasks]
@@ -598,6 +601,20 @@ class ResponsesBridge:
         sink = ClientSink(exchange, writer, attach_timeout=_ATTACH_TIMEOUT)
         await relay.answer(exchange, request, sink, self._registry)
 
+    async def _freeze_forever(self) -> None:
+        await asyncio.sleep(_FREEZE_DELAY)
+        frozen = _freeze_long_lived_objects()
+        logger.info(
+            "responses-bridge: %d objects from start-up moved out of the garbage collector's full "
+            "collections (gc.freeze), which no longer walk them with mitmproxy's thread stopped; "
+            "collected and frozen again every %g s.",
+            frozen,
+            _REFREEZE_PERIOD,
+        )
+        while True:
+            await asyncio.sleep(_REFREEZE_PERIOD)
+            _freeze_long_lived_objects()
+
     async def _sweep_forever(self) -> None:
         while True:
             await asyncio.sleep(min(30.0, self._registry.limits.session_ttl / 4))
@@ -670,13 +687,16 @@ class ResponsesBridge:
         asyncio.get_running_loop().call_soon(logger.info, line)
 
 
-def _freeze_start_up_objects() -> int:
-    """Collect garbage, then move every object alive now (modules, mitmproxy's and the addons'
-    start-up state) to the permanent generation, which the cyclic garbage collector never scans.
+def _freeze_long_lived_objects() -> int:
+    """Collect everything (frozen objects included), then move every object alive now to the
+    permanent generation, which the cyclic garbage collector never scans.
 
-    A full collection walked all of them, about 85,000 objects, with mitmproxy's one thread
-    stopped: 57 ms each under sequential full-history turns, 4 ms once they were frozen (README,
-    Performance). Everything created later (flows, sessions) is collected as before."""
+    Once started, the process holds about 85,000 objects (modules, mitmproxy's and the addons'
+    state), and a full collection walked all of them with mitmproxy's one thread stopped: 57 ms
+    each under sequential full-history turns, 4 ms once they were frozen (README, Performance).
+    Done again every period, so an object that was frozen and has since become garbage (another
+    script's old module after a reload, a closed session) waits at most that long."""
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
