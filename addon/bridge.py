@@ -351,8 +351,8 @@ class ResponsesBridge:
             ctx.master.addons.remove(self._early_start)
         if self._stats.requests:
             logger.info("responses-bridge: counters %s", json.dumps(self._stats.as_dict()))
-        # Frozen objects are never collected: after a reload, this script's old module and
-        # instance would stay for good. The next instance collects them, then freezes again.
+        # Frozen objects are never collected: an unloaded bridge leaves nothing frozen. (After a
+        # reload the next instance's first freeze, which unfreezes first, would do it too.)
         gc.unfreeze()
         tasks = [e.task for e in self._exchanges.values() if e.task is not None]
         for task in [*tasks, self._sweeper, self._freezer]:
