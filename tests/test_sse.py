@@ -533,3 +533,20 @@ def test_with_previous_response_id_ignores_the_name_inside_strings() -> None:
     parsed = json.loads(edited)
     assert parsed["response"]["previous_response_id"] is None
     assert parsed["response"]["output"] == event["response"]["output"]
+
+
+def test_a_long_line_fed_a_byte_at_a_time_decodes_as_a_whole() -> None:
+    # The decoder remembers how far it has looked for a line end; fed in small pieces, a long
+    # line (and a CRLF split between two pieces) must still come out exactly once.
+    body = (
+        b"event: response.output_text.delta\r\ndata: " + b"x" * 5000 + b"\r\n\r\n"
+        b": comment\rdata: two\n\n"
+    )
+    decoder = SSEDecoder()
+    messages = [m for byte in range(len(body)) for m in decoder.feed(body[byte : byte + 1])]
+    messages += list(decoder.close())
+    assert messages == decode_all(body)
+    assert [(m.event, len(m.data)) for m in messages] == [
+        ("response.output_text.delta", 5000),
+        ("message", 3),
+    ]

@@ -111,7 +111,7 @@ class Stats:
 def render_sse_text(body: bytes) -> str:
     """A Responses SSE body as readable text: the answer, tool calls, reasoning and errors."""
     lines: list[str] = []
-    texts: dict[tuple[Any, Any], str] = {}
+    texts: dict[tuple[Any, Any], list[str]] = {}  # joined once at the end: linear
     calls: dict[Any, dict[str, Any]] = {}
     counts: Counter[str] = Counter()
     for message in decode_all(body):
@@ -129,7 +129,7 @@ def render_sse_text(body: bytes) -> str:
             lines.append(f"response {response.get('id')} · model {response.get('model')}")
         elif kind == "response.output_text.delta":
             key = (event.get("output_index"), event.get("content_index"))
-            texts[key] = texts.get(key, "") + str(event.get("delta", ""))
+            texts.setdefault(key, []).append(str(event.get("delta", "")))
         elif kind == "response.output_item.done":
             item = event.get("item") or {}
             if item.get("type") == "function_call":
@@ -150,9 +150,9 @@ def render_sse_text(body: bytes) -> str:
             nested = event.get("error")
             error = nested if isinstance(nested, dict) else event
             lines.append(f"error {error.get('code')}: {error.get('message')}")
-    for (output_index, _content), text in sorted(texts.items(), key=lambda kv: str(kv[0])):
+    for (output_index, _content), parts in sorted(texts.items(), key=lambda kv: str(kv[0])):
         lines.append(f"--- message (output {output_index}) ---")
-        lines.append(text)
+        lines.append("".join(parts))
     for call in calls.values():
         lines.append(f"--- tool call {call.get('name')} ({call.get('call_id')}) ---")
         lines.append(str(call.get("arguments", "")))

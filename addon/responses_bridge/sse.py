@@ -90,33 +90,45 @@ class SSEMessage:
 
 
 class SSEDecoder:
-    """Incremental decoder: ``feed(bytes)`` yields the complete messages seen so far."""
+    """Incremental decoder: ``feed(bytes)`` yields the complete messages seen so far.
+
+    Linear in the bytes fed: lines are read at a moving position and the consumed part is
+    dropped once per feed, never copied again line by line."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._position = 0  # where the next line starts
+        self._scanned = 0  # no line terminator before this (within an unfinished line)
         self._event: str | None = None
         self._data: list[str] = []
 
     def feed(self, chunk: bytes) -> Iterator[SSEMessage]:
-        self._buffer += chunk
+        buffer = self._buffer
+        if self._position:
+            del buffer[: self._position]  # O(1) amortized at the front of a bytearray
+            self._scanned -= self._position
+            self._position = 0
+        buffer += chunk
         while True:
-            cut = _line_end(self._buffer)
+            cut = _line_end(buffer, self._position, max(self._scanned, self._position))
             if cut is None:
+                # Nothing up to the last byte but a possibly split CRLF: not scanned again.
+                self._scanned = max(self._position, len(buffer) - 1)
                 return
             end, after = cut
-            line = self._buffer[:end].decode("utf-8", errors="replace")
-            self._buffer = self._buffer[after:]
+            line = buffer[self._position : end].decode("utf-8", errors="replace")
+            self._position = self._scanned = after
             message = self._line(line)
             if message is not None:
                 yield message
 
     def close(self) -> Iterator[SSEMessage]:
         """Flush a final message that lacked its blank line."""
-        if self._buffer:
+        rest = bytes(self._buffer[self._position :])
+        self._buffer, self._position, self._scanned = bytearray(), 0, 0
+        if rest:
             # What is left has no LF; a final CR is its line end, not part of the line.
-            line = self._buffer.removesuffix(b"\r")
-            message = self._line(line.decode("utf-8", errors="replace"))
-            self._buffer = b""
+            message = self._line(rest.removesuffix(b"\r").decode("utf-8", errors="replace"))
             if message is not None:
                 yield message
         message = self._line("")
@@ -143,10 +155,11 @@ class SSEDecoder:
         return None
 
 
-def _line_end(buffer: bytes) -> tuple[int, int] | None:
-    """Position of the first line terminator (LF, CRLF or a lone CR) and the index after it."""
-    lf = buffer.find(b"\n")
-    cr = buffer.find(b"\r", 0, lf if lf != -1 else len(buffer))
+def _line_end(buffer: bytearray, start: int, scan_from: int) -> tuple[int, int] | None:
+    """Position of the first line terminator (LF, CRLF or a lone CR) at or after ``start``
+    (none lies between ``start`` and ``scan_from``) and the index after it."""
+    lf = buffer.find(b"\n", scan_from)
+    cr = buffer.find(b"\r", scan_from, lf if lf != -1 else len(buffer))
     if cr == -1:
         return None if lf == -1 else (lf, lf + 1)
     if cr + 1 == len(buffer):
