@@ -17,14 +17,16 @@ import secrets
 import ssl
 import time
 from collections.abc import Awaitable
-from typing import Any, NamedTuple
+from typing import Any
 
 import certifi
-from mitmproxy import command, connection, ctx, exceptions, http
+from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
-from mitmproxy.proxy.mode_specs import UpstreamMode
+from mitmproxy.proxy.mode_specs import ReverseMode, UpstreamMode
 
-from responses_bridge import relay, report, sessions, translate, upstream, view
+from responses_bridge import hop, relay, report, sessions, translate, upstream, view
+from responses_bridge.bodies import decode_body
+from responses_bridge.errors import BridgeError
 from responses_bridge.exchange import ClientSink, Exchange, Settings
 from responses_bridge.server import (
     INTERNAL_ERROR,
@@ -37,8 +39,6 @@ from responses_bridge.server import (
 
 logger = logging.getLogger("responses_bridge")
 
-FLOW_HEADER = "x-responses-bridge-flow"
-_INTERNAL_HEADERS = frozenset({SECRET_HEADER.encode(), FLOW_HEADER.encode()})
 # How long a turn started from the ``request`` hook waits for mitmproxy to deliver the request to
 # the loopback server (normally well under a millisecond; a flow that never gets there is ended
 # earlier by the ``response``/``error`` hooks).
@@ -48,17 +48,6 @@ _ATTACH_TIMEOUT = 30.0
 # instance's closing tasks end first, so the old instance is collected, not frozen.
 _FREEZE_DELAY = 5.0
 _REFREEZE_PERIOD = 600.0
-
-
-class _Original(NamedTuple):
-    """What the redirect changed on the request, to put back."""
-
-    scheme: str
-    host: str
-    port: int
-    authority: str
-    host_header: str | None
-    server_conn: connection.Server
 
 
 def _seconds(name: str, value: str, *, allow_zero: bool = False) -> float:
@@ -75,34 +64,21 @@ def _seconds(name: str, value: str, *, allow_zero: bool = False) -> float:
     return seconds
 
 
-class ResponsesBridgeEarlyStart:
-    """Added at the very end of mitmproxy's addon chain: once every other addon has seen (and
-    may have changed) a bridged request, start its upstream turn right away, so the websocket
-    round trip overlaps mitmproxy's hand-over of the request to the loopback server."""
-
-    def __init__(self, bridge: ResponsesBridge) -> None:
-        self._bridge = bridge
-
-    async def request(self, flow: http.HTTPFlow) -> None:
-        exchange = self._bridge.start_early(flow)
-        if exchange is not None:
-            # Hold this flow's hook (not mitmproxy) until the frame is sent: otherwise the turn's
-            # first step queues behind mitmproxy's own per-hook work for this flow.
-            await exchange.dispatched.wait()
-            self._bridge.fall_back_to_http(flow, exchange)
-
-
 class ResponsesBridge:
     """Bridges Responses API requests onto the upstream's websocket mode."""
 
     def __init__(self) -> None:
         self._secret = secrets.token_urlsafe(32)
         self._server = LoopbackServer(
-            self._serve, self._secret, lambda: self._settings.max_body_bytes
+            self._serve,
+            self._secret,
+            lambda: self._settings.max_body_bytes,
+            on_head=self._arrived,
         )
         self._server_task: asyncio.Task[None] | None = None
         self._exchanges: dict[str, Exchange] = {}
-        self._originals: dict[str, _Original] = {}
+        # Flows pointed at the loopback server whose head it has not read yet.
+        self._originals: dict[str, tuple[http.HTTPFlow, hop.Original]] = {}
         # Upstreams without a websocket mode (426 on the upgrade) -> until when to pass through.
         self._http_only: dict[str, float] = {}
         self._http_only_period = 600.0
@@ -115,7 +91,8 @@ class ResponsesBridge:
         self._freezer: asyncio.Task[None] | None = None
         self._host_patterns: tuple[str, ...] = ()
         self._settings = Settings()
-        self._early_start = ResponsesBridgeEarlyStart(self)
+        self._router = hop.Router(self)
+        self._restorer = hop.Restorer(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -334,8 +311,7 @@ class ResponsesBridge:
                 self._server.serve(), name="responses-bridge loopback server"
             )
             logger.info("responses-bridge: answering bridged requests from 127.0.0.1:%d", port)
-        if self._early_start not in ctx.master.addons:
-            ctx.master.addons.add(self._early_start)
+        hop.install(ctx.master.addons, self._restorer, self._router)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(
                 self._sweep_forever(), name="responses-bridge session sweeper"
@@ -347,8 +323,7 @@ class ResponsesBridge:
 
     def done(self) -> Awaitable[Any]:
         view.unregister(self._view)
-        if self._early_start in ctx.master.addons:
-            ctx.master.addons.remove(self._early_start)
+        hop.uninstall(ctx.master.addons, self._restorer, self._router)
         if self._stats.requests:
             logger.info("responses-bridge: counters %s", json.dumps(self._stats.as_dict()))
         # Frozen objects are never collected: an unloaded bridge leaves nothing frozen. (After a
@@ -363,57 +338,23 @@ class ResponsesBridge:
 
     # -- hooks -------------------------------------------------------------------------------
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response or not flow.live or not ctx.options.responses_bridge:
-            return
-        request = flow.request
-        if request.method != "POST" or not translate.is_responses_path(request.path):
-            return
-        if not translate.host_matches(request.host, self._host_patterns):
-            return
-        if self._server_task is None:
-            logger.warning(
-                "responses-bridge: not running yet; %s passes through", request.pretty_url
-            )
-            return
-        upstream_url = ctx.options.responses_bridge_upstream or translate.upstream_url_for(
-            request.scheme, request.host, request.port, request.path
-        )
-        if self._http_only.get(upstream_url, 0.0) > time.monotonic():
-            self._passed_through[flow.id] = bytearray()
-            return
-        settings = self._settings
-        proxy = _upstream_proxy(flow)
-        if proxy is not None:
-            settings = dataclasses.replace(settings, proxy=proxy)
-        self._exchanges[flow.id] = Exchange(flow.id, upstream_url, settings)
-        self._originals[flow.id] = _Original(
-            request.scheme,
-            request.host,
-            request.port,
-            request.authority,
-            request.host_header,
-            flow.server_conn,
-        )
-        if flow.server_conn.via is not None:
-            # Upstream mode: the internal hop gets a direct server connection, not via the proxy
-            # (elsewhere the flow's own has no proxy, and a new one costs ~20 µs a request).
-            flow.server_conn = connection.Server(address=None)
-        # One assignment of the raw fields (each Headers item operation costs ~10 µs); a
-        # client's own copies of the internal headers are dropped, never forwarded.
-        request.headers.fields = (
-            *_without_internal_headers(request.headers.fields),
-            (SECRET_HEADER.encode(), self._secret.encode()),
-            (FLOW_HEADER.encode(), flow.id.encode()),
-        )
-        request.scheme = "http"
-        request.host = "127.0.0.1"
-        request.port = self._server.port
+    def route_streamed(self, flow: http.HTTPFlow) -> None:
+        """Called by the router at the end of ``requestheaders`` for a streamed request body,
+        which goes to the server before any ``request`` hook runs."""
+        self._take(flow, body=False)
 
-    def request(self, flow: http.HTTPFlow) -> None:
-        # A response set by another addon (or a killed flow) never reaches the server.
-        if flow.response is not None and flow.id in self._originals:
-            self._restore(flow)
+    async def route(self, flow: http.HTTPFlow) -> None:
+        """Called by the router at the end of the ``request`` hooks: take the flow if it is
+        bridged and start its upstream turn at once, so the websocket round trip overlaps
+        mitmproxy's hand-over of the request to the loopback server."""
+        if not self._take(flow, body=True):
+            return
+        exchange = self.start_early(flow)
+        if exchange is not None:
+            # Hold this flow's hook (not mitmproxy) until the frame is sent: otherwise the turn's
+            # first step queues behind mitmproxy's own per-hook work for this flow.
+            await exchange.dispatched.wait()
+            self.fall_back_to_http(flow, exchange)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         kept = self._passed_through.get(flow.id)
@@ -427,17 +368,17 @@ class ResponsesBridge:
 
                 flow.response.stream = tee
             return
-        if flow.id not in self._originals:
+        exchange = self._exchanges.get(flow.id)
+        if exchange is None:
             return
-        self._restore(flow)
+        self._put_back(flow)
         assert flow.response is not None
         if _is_event_stream(flow.response):
-            exchange = self._exchanges.get(flow.id)
             # Streamed as it comes; the exchange counts what mitmproxy has sent on.
-            flow.response.stream = exchange.forwarded if exchange is not None else True
+            flow.response.stream = exchange.forwarded
 
     def response(self, flow: http.HTTPFlow) -> None:
-        self._restore(flow)
+        self._put_back(flow)
         kept = self._passed_through.pop(flow.id, None)
         if kept is not None:
             assert flow.response is not None
@@ -460,7 +401,7 @@ class ResponsesBridge:
         exchange.first_output_sent()
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._restore(flow)
+        self._put_back(flow)
         if flow.response is not None:
             _drop_stream_callable(flow.response)
         self._passed_through.pop(flow.id, None)
@@ -501,6 +442,95 @@ class ResponsesBridge:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _take(self, flow: http.HTTPFlow, *, body: bool) -> bool:
+        """Decide whether ``flow``, as the other addons left it, is bridged; if so, record its
+        exchange and point it at the loopback server. ``body``: the request body is here."""
+        if flow.id in self._exchanges:
+            return True  # routed at requestheaders (a streamed body)
+        if flow.response or flow.error or not flow.live or not ctx.options.responses_bridge:
+            return False
+        request = flow.request
+        if request.method != "POST" or not translate.is_responses_path(request.path):
+            return False
+        mode = flow.client_conn.proxy_mode
+        target = translate.destination(
+            request.scheme,
+            request.host,
+            request.port,
+            request.path,
+            sni=flow.client_conn.sni,
+            host_header=request.host_header,
+            # What the client connected to; a reverse proxy's destination is its own option.
+            dialled=None if isinstance(mode, ReverseMode) else flow.server_conn.address,
+        )
+        if not translate.host_matches(target.name, self._host_patterns):
+            return False
+        if self._server_task is None:
+            logger.warning(
+                "responses-bridge: not running yet; %s passes through", request.pretty_url
+            )
+            return False
+        override = ctx.options.responses_bridge_upstream
+        upstream_url = override or target.url
+        if self._http_only.get(upstream_url, 0.0) > time.monotonic():
+            self._passed_through[flow.id] = bytearray()
+            return False
+        client = None
+        if body and request.raw_content is not None:
+            client = self._parse(request)
+            if client is not None and client[0].body.get("background") is True:
+                self._pass_through(
+                    flow,
+                    "background: true is not supported over the websocket; sent over HTTP "
+                    "as it came",
+                )
+                return False
+        settings = self._settings
+        proxy = _upstream_proxy(flow)
+        if proxy is not None:
+            settings = dataclasses.replace(settings, proxy=proxy)
+        exchange = Exchange(flow.id, upstream_url, settings)
+        exchange.upstream_address = None if override else target.address
+        if client is not None:
+            exchange.client, exchange.body_size = client
+        self._exchanges[flow.id] = exchange
+        self._originals[flow.id] = (flow, hop.redirect(flow, self._server.port, self._secret))
+        return True
+
+    def _parse(self, request: http.Request) -> tuple[translate.ClientRequest, int] | None:
+        """The request body, parsed once for the turn; None if it is not valid (the turn then
+        answers with the error)."""
+        assert request.raw_content is not None
+        limit = self._settings.max_body_bytes
+        try:
+            raw = decode_body(request.raw_content, request.headers.get("content-encoding"), limit)
+            return translate.parse_client_request(raw, max_bytes=limit), len(raw)
+        except BridgeError:
+            return None
+
+    def _pass_through(self, flow: http.HTTPFlow, why: str) -> None:
+        """Send ``flow`` on over HTTP as it came (its SSE body kept for inspection)."""
+        self._passed_through[flow.id] = bytearray()
+        note = f"responses-bridge: {why}"
+        flow.comment = f"{flow.comment}\n{note}" if flow.comment else note
+        logger.info("responses-bridge: %s %s: %s", flow.request.method, flow.request.path, why)
+
+    def sent(self, flow: http.HTTPFlow) -> None:
+        """mitmproxy has sent ``flow``'s head on: it gets its own destination back."""
+        self._put_back(flow)
+
+    def _arrived(self, request: IncomingRequest) -> None:
+        """The loopback server has read a bridged request's head: mitmproxy has sent it, so
+        the flow gets its own destination back before any later hook sees it."""
+        routed = self._originals.get(request.header(hop.FLOW_HEADER) or "")
+        if routed is not None:
+            self._put_back(routed[0])
+
+    def _put_back(self, flow: http.HTTPFlow, *, proxy_authorization: bool = False) -> None:
+        routed = self._originals.pop(flow.id, None)
+        if routed is not None:
+            hop.restore(flow, routed[1], proxy_authorization=proxy_authorization)
+
     def start_early(self, flow: http.HTTPFlow) -> Exchange | None:
         """Start a bridged flow's upstream turn from the end of the ``request`` hooks, when
         mitmproxy is about to send exactly this request to the loopback server."""
@@ -540,12 +570,16 @@ class ResponsesBridge:
         and do the same with this upstream's next requests for a while."""
         # Nothing can have reached the client: this runs from the request hook, before mitmproxy
         # sends the request to the loopback server that the answer would be written to.
-        original = self._originals.get(flow.id)
-        if not exchange.no_websocket_mode or original is None:
+        routed = self._originals.get(flow.id)
+        if not exchange.no_websocket_mode or routed is None:
             return
+        original = routed[1]
         self._exchanges.pop(flow.id, None)
         exchange.client_gone()  # the answer that was waiting for the loopback hop is dropped
-        self._restore(flow)
+        # As a pass-through would, a plain-HTTP request via an upstream proxy carries that
+        # proxy's credentials again (UpstreamAuth's header); an HTTPS one never does.
+        via_proxy_in_clear = original.server_conn.via is not None and original.scheme == "http"
+        self._put_back(flow, proxy_authorization=via_proxy_in_clear)
         flow.server_conn = original.server_conn
         self._passed_through[flow.id] = bytearray()
         self._mark_http_only(exchange.upstream_url)
@@ -580,7 +614,7 @@ class ResponsesBridge:
                 await sink.send_json(500, error_body(INTERNAL_ERROR, "server_error"), [])
 
     async def _serve(self, request: IncomingRequest, writer: ResponseWriter) -> None:
-        flow_id = request.header(FLOW_HEADER) or ""
+        flow_id = request.header(hop.FLOW_HEADER) or ""
         exchange = self._exchanges.get(flow_id)
         if exchange is not None and exchange.task is not None:
             sink = exchange.sink
@@ -619,21 +653,6 @@ class ResponsesBridge:
         while True:
             await asyncio.sleep(min(30.0, self._registry.limits.session_ttl / 4))
             self._registry.sweep()
-
-    def _restore(self, flow: http.HTTPFlow) -> None:
-        original = self._originals.pop(flow.id, None)
-        if original is None:
-            return
-        request = flow.request
-        request.headers.fields = _without_internal_headers(request.headers.fields)
-        request.scheme = original.scheme
-        request.host = original.host
-        request.port = original.port
-        request.authority = original.authority
-        if original.host_header is None:
-            request.headers.pop("host", None)
-        else:
-            request.host_header = original.host_header
 
     def _upstream_ssl_context(self) -> ssl.SSLContext:
         """Verify upstream TLS exactly as mitmproxy's own upstream connections do."""
@@ -677,7 +696,7 @@ class ResponsesBridge:
         line = (
             f"responses-bridge: {flow.request.method} {flow.request.path} -> {status} {mode} "
             f"ws {exchange.socket_state} · {exchange.events} events · "
-            f"{exchange.duration() * 1000:.0f} ms"
+            f"{exchange.duration() * 1000:.0f} ms · {exchange.upstream_url}"
         )
         if exchange.error:
             line += f" · {exchange.error}"
@@ -700,12 +719,6 @@ def _freeze_long_lived_objects() -> int:
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()
-
-
-def _without_internal_headers(
-    fields: tuple[tuple[bytes, bytes], ...],
-) -> tuple[tuple[bytes, bytes], ...]:
-    return tuple(field for field in fields if field[0].lower() not in _INTERNAL_HEADERS)
 
 
 def _drop_stream_callable(response: http.Response) -> None:

@@ -55,6 +55,9 @@ Opt-in extras, off by default (the benchmark, ``scripts/bench.py``, turns them o
   new items of a continuation; every item of a full request or an HTTP request), to within a
   few microseconds (an asyncio timer alone wakes up to ~1.4 ms late).
 
+Plain HTTP that is not a ``POST …/responses`` gets ``426`` (no websocket mode here), except
+``GET /set-cookie?NAME=VALUE``, a page that sets that cookie (for mitmproxy's stickycookie).
+
 Run standalone: ``python tests/fake_upstream.py [--port 8765] [--directives "..."]``.
 """
 
@@ -446,9 +449,17 @@ class _Connection(ServerConnection):
         self.mode = "http"
         self._buf = bytearray()
         method, _, rest = lines[0].partition(" ")
-        self.fake.http_requests.append(
-            {"method": method, "path": rest.rpartition(" ")[0], "headers": headers}
-        )
+        path = rest.rpartition(" ")[0]
+        self.fake.http_requests.append({"method": method, "path": path, "headers": headers})
+        if method == "GET" and path.startswith("/set-cookie?"):
+            # A plain page that sets a cookie (tests of mitmproxy's stickycookie).
+            cookie = path.partition("?")[2]
+            self.transport.write(
+                f"HTTP/1.1 200 OK\r\nSet-Cookie: {cookie}; Path=/\r\n"
+                "Content-Length: 0\r\nConnection: close\r\n\r\n".encode("latin-1")
+            )
+            self.transport.close()
+            return
         body = error_body(
             426,
             "This endpoint only speaks the Responses API WebSocket mode; "

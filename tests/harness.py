@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = ROOT / "addon" / "bridge.py"
@@ -102,6 +103,14 @@ class Mitmdump:
 
     def stop(self) -> None:
         stop_process(self.process)
+
+
+def read_flows(path: Path) -> list[Any]:
+    """The flows mitmproxy saved to ``path`` (``save_stream_file``, ``-w``)."""
+    from mitmproxy import io
+
+    with path.open("rb") as file:
+        return list(io.FlowReader(file).stream())
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10, what: str = "") -> None:

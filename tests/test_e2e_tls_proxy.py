@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import StartBridge
 from tests.fake_upstream import FakeUpstream
-from tests.harness import Mitmdump
+from tests.harness import Mitmdump, read_flows
 from tests.tlsutil import make_ca_and_cert, tls_terminator
 
 BODY = {"model": "m", "input": "secure", "stream": True}
@@ -257,3 +257,103 @@ def test_the_http_fallback_goes_through_the_upstream_proxy_too(
         assert got.status_code == 502 and got.content == b""
         assert fake.http_requests == []
         assert not [k for _l, h in proxy.requests for k in h if k.startswith("x-responses-bridge")]
+
+
+# Loaded beside the bridge: logs the header names of every request the loopback server reads.
+LOOPBACK_SPY = """
+import logging
+from mitmproxy import ctx
+
+class LoopbackSpy:
+    def running(self) -> None:
+        server = ctx.master.addons.get("responsesbridge")._server
+        inner = server._on_head
+
+        def on_head(request):
+            names = sorted({name.lower() for name, _value in request.headers})
+            logging.getLogger("spy").warning("loopback-spy: " + ",".join(names))
+            inner(request)
+
+        server._on_head = on_head
+
+addons = [LoopbackSpy()]
+"""
+
+
+def upstream_mode(
+    proxy: RecordingProxy, confdir: Path, option: str, script: Path | None = None
+) -> Mitmdump:
+    """The bridge in upstream mode via ``proxy``, with ``upstream_auth=user:s3cret``."""
+    args = [
+        "--mode",
+        f"upstream:http://127.0.0.1:{proxy.port}",
+        "--set",
+        "upstream_auth=user:s3cret",
+    ]
+    args += ["--set", option, *(["-s", str(script)] if script else [])]
+    return Mitmdump(args, confdir)
+
+
+def test_upstream_auth_never_ends_up_on_a_bridged_flow(
+    fake: FakeUpstream, confdir: Path, tmp_path: Path
+) -> None:
+    # A plain-HTTP request in upstream mode: mitmproxy's UpstreamAuth gives it the proxy's
+    # credentials (Proxy-Authorization), meant for the upstream proxy alone.
+    spy = tmp_path / "spy.py"
+    spy.write_text(LOOPBACK_SPY)
+    saved = tmp_path / "flows.mitm"
+    with RecordingProxy(auth="user:s3cret") as proxy:
+        bridge = upstream_mode(proxy, confdir, f"save_stream_file={saved}", script=spy)
+        try:
+            with httpx.Client(proxy=f"http://127.0.0.1:{bridge.port}", trust_env=False) as client:
+                got = client.post(
+                    f"http://localhost:{fake.port}/v1/responses", json=BODY, timeout=30
+                )
+            assert got.status_code == 200, got.text
+            assert "event: response.completed" in got.text
+            spied = bridge.wait_for_log(r"loopback-spy: ")
+        finally:
+            bridge.stop()
+    # The websocket's CONNECT carried the proxy's credentials (the proxy insists on them)...
+    connects = [h for line, h in proxy.requests if line.startswith("CONNECT ")]
+    assert connects and all(h.get("proxy-authorization") for h in connects)
+    # ...which reached neither the loopback hop, nor the upstream, nor the saved flow.
+    assert "x-responses-bridge-secret" in spied and "proxy-authorization" not in spied
+    assert fake.handshake_headers and all(
+        "proxy-authorization" not in h for h in fake.handshake_headers
+    )
+    flows = read_flows(saved)
+    assert len(flows) == 1 and flows[0].response is not None
+    assert "proxy-authorization" not in flows[0].request.headers
+    assert flows[0].request.pretty_url == f"http://localhost:{fake.port}/v1/responses"
+
+
+def test_the_http_fallback_never_sends_the_upstream_proxy_password_to_the_origin(
+    fake: FakeUpstream, confdir: Path, tls_material: tuple[Path, Path, Path]
+) -> None:
+    ca, cert, key = tls_material
+    fake.http_responses = True
+    fake.handshake_status = 426  # no websocket mode: the request goes on over HTTP
+    with tls_terminator(cert, key, fake.port) as tls, RecordingProxy(auth="user:s3cret") as proxy:
+        bridge = upstream_mode(proxy, confdir, f"ssl_verify_upstream_trusted_ca={ca}")
+        try:
+            mitm_ca = ssl.create_default_context(
+                cafile=str(bridge.confdir / "mitmproxy-ca-cert.pem")
+            )
+            with httpx.Client(
+                proxy=f"http://127.0.0.1:{bridge.port}", verify=mitm_ca, trust_env=False
+            ) as client:
+                got = client.post(
+                    f"https://localhost:{tls['port']}/v1/responses", json=BODY, timeout=30
+                )
+        finally:
+            bridge.stop()
+    assert got.status_code == 200, got.text
+    assert "event: response.completed" in got.text
+    # Over HTTP, through the proxy's tunnel (CONNECT with its credentials), to the origin...
+    assert [r["method"] for r in fake.http_requests] == ["POST"]
+    connects = [h for line, h in proxy.requests if line.startswith("CONNECT ")]
+    assert len(connects) == 2 and all(h.get("proxy-authorization") for h in connects)
+    # ...which never sees the proxy's password.
+    assert "proxy-authorization" not in fake.http_requests[0]["headers"]
+    assert not [k for k in fake.http_requests[0]["headers"] if k.startswith("x-responses-bridge")]

@@ -5,12 +5,16 @@ Each run builds its own topology and removes it afterwards (also after a failure
     namespace rbt<pid>-<hex>-client           namespace rbt<pid>-<hex>-proxy
     veth-client 10.201.N.1/24  <──── veth ────>  veth-proxy 10.201.N.2/24
 
-In the proxy namespace: the fake upstream on 127.0.0.1, a TLS terminator (certificate for
-10.201.N.2 from a per-run CA) on 10.201.N.2:443 and a plain forwarder on 10.201.N.2:80 in front of
-it, ``mitmdump --mode transparent`` on :8080, and an nft rule that redirects TCP 80/443 *arriving
-on veth-proxy* to 8080. The client, in the client namespace, has no proxy settings and trusts only
-mitmproxy's CA. The bridge's own websocket starts inside the proxy namespace (output path, not
-prerouting), so it reaches the terminator or forwarder directly and never loops back.
+In the proxy namespace: the fake upstream on 127.0.0.1, a TLS terminator on 10.201.N.2:443 and a
+plain forwarder on 10.201.N.2:80 in front of it. The terminator's certificate (from a per-run CA)
+names only ``api.example.test``, as a real API's names only its host, never an address: the
+client asks for that name (TLS SNI and ``Host``) while it connects to 10.201.N.2, and the bridge
+must verify the name and dial the address, as mitmproxy's own upstream connection does. Also
+there: ``mitmdump --mode transparent`` on :8080, and an nft rule that redirects TCP 80/443
+*arriving on veth-proxy* to 8080. The client, in the client namespace, has no proxy settings
+and trusts only mitmproxy's CA. The bridge's own websocket starts inside the proxy namespace
+(output path, not prerouting), so it reaches the terminator or forwarder directly and never
+loops back.
 
 The in-process servers and the client switch namespace with ``setns(2)`` in a thread of their
 own (threads they start inherit it); mitmdump and curl run under ``ip netns exec``. Nothing
@@ -50,6 +54,7 @@ CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
 NAME_RE = re.compile(r"^rbt(\d+)-[0-9a-f]{4}-(client|proxy)$")
 PROXY_PORT = 8080
+API_NAME = "api.example.test"  # what the client asks for; nothing resolves it
 BRIDGED_200 = r"responses-bridge: POST /v1/responses -> 200\b"
 NO_PROXY_ENV = {
     k: v
@@ -225,7 +230,7 @@ def topology(tmp: Path) -> Iterator[Topology]:
             _ip("-n", name, "addr", "add", f"{addr}/24", "dev", dev)
             _ip("-n", name, "link", "set", dev, "up")
             _ip("-n", name, "link", "set", "lo", "up")
-        ca, cert, key = make_ca_and_cert(tmp, ip_addresses=[proxy_addr])
+        ca, cert, key = make_ca_and_cert(tmp, API_NAME)
 
         def start_upstream() -> Topology:
             runner = FakeUpstreamThread()
@@ -277,6 +282,8 @@ def transparent(net: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "responses_bridge_idle_timeout=10",
             "--set",
             "responses_bridge_warm_sockets=0",  # the test counts upstream connections
+            "--set",
+            f"responses_bridge_hosts={API_NAME}",  # matched against the name, not the address
         ],
         tmp_path_factory.mktemp("mitmproxy-conf-transparent"),
         prefix=["ip", "netns", "exec", net.proxy],
@@ -313,11 +320,13 @@ def test_transparent_mode_bridges_without_proxy_settings(
     mitm_ca = ssl.create_default_context(cafile=str(transparent.confdir / "mitmproxy-ca-cert.pem"))
 
     def post() -> httpx.Response:
+        # Connects to the address, asks for the name (as a client that resolved it would).
         with httpx.Client(verify=mitm_ca, trust_env=False, timeout=20) as client:
             return client.post(
                 f"{scheme}://{net.proxy_addr}/v1/responses",
                 json={"model": "m", "input": text, "stream": True},
-                headers={"authorization": "Bearer sk-transparent"},
+                headers={"authorization": "Bearer sk-transparent", "host": API_NAME},
+                extensions={"sni_hostname": API_NAME},
             )
 
     got = in_netns(net.client, post)
@@ -326,7 +335,7 @@ def test_transparent_mode_bridges_without_proxy_settings(
     transparent.wait_for_log(
         re.escape(f"{net.client_addr}:")
         + r".*POST "
-        + re.escape(f"{scheme}://{net.proxy_addr}/v1/responses")
+        + re.escape(f"{scheme}://{net.proxy_addr}/v1/responses")  # mitmproxy's own line
     )
     # The bridge writes its line just after the answer's end (an earlier case's line matches too).
     wait_until(
@@ -339,8 +348,12 @@ def test_transparent_mode_bridges_without_proxy_settings(
     assert (after[0] - before[0], after[1] - before[1]) == (1, 1), (before, after)
     assert (after[2] - before[2], after[3] - before[3]) == (tls_delta, plain_delta)
     assert text in json.dumps(net.fake.requests[-1])
-    host = net.fake.handshake_headers[-1].get("host", "")
-    assert host.split(":")[0] == net.proxy_addr, host
+    # The upgrade asked for the name; over TLS, SNI and the verified certificate were the name.
+    assert net.fake.handshake_headers[-1].get("host", "") == API_NAME
+    if scheme == "https":
+        assert net.tls["sni"][-1] == API_NAME
+    ws_scheme = "wss" if scheme == "https" else "ws"
+    assert line.endswith(f" · {ws_scheme}://{API_NAME}/v1/responses"), line
     assert len(bridged_lines(transparent)) == lines_before + 1, (line, transparent.output)
     # mitmproxy saw no websocket of its own bridge (that is what a loop would look like).
     assert not [x for x in transparent.lines if re.search(r"GET \S*/v1/responses", x)]
@@ -381,7 +394,9 @@ def test_local_capture_mode_bridges_a_local_process(tmp_path: Path) -> None:
             command = ["ip", "netns", "exec", made.client, str(curl), "-sS", "--noproxy", "*"]
             command += ["--max-time", "20", "--cacert", ca, "--data-binary", payload]
             command += ["-H", "content-type: application/json", "-H", "authorization: Bearer sk-l"]
-            command.append(f"https://{made.proxy_addr}/v1/responses")
+            # The name resolves to the address only for curl: the bridge must dial the address.
+            command += ["--resolve", f"{API_NAME}:443:{made.proxy_addr}"]
+            command.append(f"https://{API_NAME}/v1/responses")
             done = subprocess.run(
                 command, capture_output=True, text=True, timeout=30, env=NO_PROXY_ENV
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,9 +16,11 @@ from responses_bridge.translate import (
     ClientRequest,
     build_create_frame,
     chatgpt_compat_enabled,
+    destination,
     forwardable_headers,
     host_matches,
     is_chatgpt_upstream,
+    is_ip_address,
     is_responses_path,
     parse_client_request,
     parse_host_patterns,
@@ -707,3 +710,62 @@ def test_build_create_frame_is_json_serializable_roundtrip() -> None:
         "metadata": {"k": "v"},
     }
     assert parsed.body["stream"] is True  # the parsed body keeps its stream flag
+
+
+DIALLED = ("10.1.2.3", 443)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "port", "sni", "host_header", "dialled", "url", "address"),
+    [
+        # Transparent/local capture: the address was dialled, the client asked for a name.
+        ("https", "10.1.2.3", 443, "api.openai.com", "api.openai.com", DIALLED,
+         "wss://api.openai.com/v1/responses", DIALLED),
+        ("https", "10.1.2.3", 443, "API.OpenAI.com.", None, DIALLED,
+         "wss://api.openai.com/v1/responses", DIALLED),
+        # No SNI: the Host header names it (plain HTTP has no SNI at all).
+        ("https", "10.1.2.3", 443, None, "api.x.ai:443", DIALLED,
+         "wss://api.x.ai/v1/responses", DIALLED),
+        ("http", "10.1.2.3", 8080, "ignored.example", "api.local:8080", ("10.1.2.3", 8080),
+         "ws://api.local:8080/v1/responses", ("10.1.2.3", 8080)),
+        ("http", "fd00::5", 80, None, "[fd00::5]", ("fd00::5", 80),
+         "ws://[fd00::5]/v1/responses", None),
+        # Nothing but addresses: the address it is.
+        ("https", "10.1.2.3", 443, None, "10.1.2.3", DIALLED,
+         "wss://10.1.2.3/v1/responses", None),
+        ("https", "10.1.2.3", 443, "10.9.9.9", None, DIALLED,
+         "wss://10.1.2.3/v1/responses", None),
+        # A name is used as it is, whatever the client's SNI (reverse, regular modes).
+        ("https", "api.openai.com", 443, "localhost", "localhost:8080", ("api.openai.com", 443),
+         "wss://api.openai.com/v1/responses", None),
+        # Not the dialled address (an addon moved the flow, or a mode with no dialled address).
+        ("https", "10.7.7.7", 443, "api.openai.com", "api.openai.com", DIALLED,
+         "wss://10.7.7.7/v1/responses", None),
+        ("https", "10.1.2.3", 443, "api.openai.com", "api.openai.com", None,
+         "wss://10.1.2.3/v1/responses", None),
+    ],
+)  # fmt: skip
+def test_destination_uses_the_name_and_dials_the_address(
+    scheme: str,
+    host: str,
+    port: int,
+    sni: str | None,
+    host_header: str | None,
+    dialled: tuple[str, int] | None,
+    url: str,
+    address: tuple[str, int] | None,
+) -> None:
+    target = destination(
+        scheme, host, port, "/v1/responses", sni=sni, host_header=host_header, dialled=dialled
+    )
+    assert (target.url, target.address) == (url, address)
+    assert target.name == urlsplit(url).hostname
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("10.0.0.1", True), ("::1", True), ("[fd00::1]", True), ("api.openai.com", False),
+     ("localhost", False), ("10.0.0.1.example", False), ("", False)],
+)  # fmt: skip
+def test_is_ip_address(host: str, expected: bool) -> None:
+    assert is_ip_address(host) is expected

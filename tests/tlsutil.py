@@ -23,8 +23,8 @@ from cryptography.x509.oid import NameOID
 def make_ca_and_cert(
     directory: Path, hostname: str = "localhost", *, ip_addresses: Iterable[str] = ()
 ) -> tuple[Path, Path, Path]:
-    """Write ca.pem, server.pem and server-key.pem for ``hostname`` (and 127.0.0.1, plus any
-    ``ip_addresses`` as further IP SANs)."""
+    """Write ca.pem, server.pem and server-key.pem for ``hostname``, as real APIs' certificates
+    are: the name only (plus ``ip_addresses`` as IP SANs, only where a test asks for them)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "responses-bridge test CA")])
@@ -69,7 +69,6 @@ def make_ca_and_cert(
             x509.SubjectAlternativeName(
                 [
                     x509.DNSName(hostname),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses),
                 ]
             ),

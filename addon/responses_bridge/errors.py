@@ -169,3 +169,18 @@ class ResponseInProgress(InvalidRequest):
             f"{waited:g} s (responses_bridge_drain_timeout); retry once it has completed.",
             param="previous_response_id",
         )
+
+
+class BackgroundNotBridged(InvalidRequest):
+    """``background: true`` has no websocket equivalent, and this request could not be passed
+    through over HTTP as it came: its body was streamed to the bridge (400)."""
+
+    code = "background_not_supported"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "background: true is not supported over the websocket, and this request's body was "
+            "streamed (stream_large_bodies), so the bridge could not pass it through over HTTP; "
+            "raise stream_large_bodies above its size.",
+            param="background",
+        )

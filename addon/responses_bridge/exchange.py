@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from responses_bridge.server import ResponseWriter
+from responses_bridge.translate import ClientRequest
 
 SSE_HEADERS = [
     ("content-type", "text/event-stream; charset=utf-8"),
@@ -44,6 +45,11 @@ class Exchange:
     flow_id: str
     upstream_url: str
     settings: Settings
+    # Dialled instead of resolving the URL's host (transparent and local capture modes).
+    upstream_address: tuple[str, int] | None = None
+    # The request body, when the addon parsed it already (its parsed form, decoded length).
+    client: ClientRequest | None = None
+    body_size: int = 0
     started: float = field(default_factory=time.monotonic)
     stream: bool | None = None
     status: int | None = None

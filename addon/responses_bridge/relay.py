@@ -24,6 +24,7 @@ from responses_bridge.aggregate import (
 from responses_bridge.bodies import decode_body
 from responses_bridge.chaining import chain_key, item_digests
 from responses_bridge.errors import (
+    BackgroundNotBridged,
     BridgeError,
     ResponseInProgress,
     UpstreamProtocolError,
@@ -64,10 +65,16 @@ async def answer(
     settings = exchange.settings
     exchange.sink = sink
     try:
-        body = decode_body(
-            request.body, request.header("content-encoding"), settings.max_body_bytes
-        )
-        client = parse_client_request(body, max_bytes=settings.max_body_bytes)
+        client = exchange.client
+        body_size = exchange.body_size
+        if client is None:
+            body = decode_body(
+                request.body, request.header("content-encoding"), settings.max_body_bytes
+            )
+            client = parse_client_request(body, max_bytes=settings.max_body_bytes)
+            body_size = len(body)
+        if client.body.get("background") is True:
+            raise BackgroundNotBridged()
         exchange.stream = client.stream
         if client.stream:
             sink.stream_chunks_to(exchange.sse_body.extend)  # kept for the flow once it finishes
@@ -79,7 +86,7 @@ async def answer(
             settings,
             upstream=exchange.upstream_url,
             memo=registry.digest_memo,
-            body_size=len(body),
+            body_size=body_size,
         )
         connect = partial(
             open_socket,
@@ -88,6 +95,7 @@ async def answer(
             connect_timeout=settings.connect_timeout,
             ssl_context=settings.ssl_context,
             proxy=settings.proxy,
+            address=exchange.upstream_address,
         )
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(

@@ -145,8 +145,17 @@ Handler = Callable[[IncomingRequest, ResponseWriter], Awaitable[None]]
 class LoopbackServer:
     """Serves ``handler`` on 127.0.0.1 to requests that carry the secret header."""
 
-    def __init__(self, handler: Handler, secret: str, max_body_bytes: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        secret: str,
+        max_body_bytes: Callable[[], int],
+        on_head: Callable[[IncomingRequest], None] | None = None,
+    ) -> None:
+        """``on_head`` is called with each authenticated request as soon as its head is read,
+        before its body (which mitmproxy may still be streaming)."""
         self._handler = handler
+        self._on_head = on_head
         self._secret = secret.encode()
         self._max_body_bytes = max_body_bytes
         self._listener: socket.socket | None = None
@@ -274,6 +283,8 @@ class LoopbackServer:
                 "This is responses-bridge's internal endpoint; "
                 "it only answers requests routed by the addon.",
             )
+        if self._on_head is not None:
+            self._on_head(request)
         request.body = await self._read_body(reader, request)
         return request
 

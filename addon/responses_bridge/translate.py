@@ -6,6 +6,7 @@ No I/O here: bytes and header lists in, validated values out. Errors are ``Inval
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -77,6 +78,64 @@ def upstream_url_for(scheme: str, host: str, port: int, path: str) -> str:
     host_part = f"[{host}]" if ":" in host and not host.startswith("[") else host
     netloc = host_part if port == default_port else f"{host_part}:{port}"
     return f"{ws_scheme}://{netloc}{path}"
+
+
+def is_ip_address(host: str) -> bool:
+    """True for an IPv4 or IPv6 literal (brackets allowed), False for a name."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _host_of(host_header: str | None) -> str | None:
+    """The host part of a ``Host`` header value (port and IPv6 brackets removed)."""
+    if not host_header:
+        return None
+    value = host_header.strip()
+    if value.startswith("["):
+        return value[1:].partition("]")[0] or None
+    return value.rpartition(":")[0] if value.count(":") == 1 else value or None
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a bridged request's websocket goes: the URL (its host is the name used for TLS
+    SNI, certificate verification and the upgrade's ``Host`` header) and, when the client
+    dialled an address rather than a name, that address, connected to as it is."""
+
+    url: str
+    name: str
+    address: tuple[str, int] | None = None
+
+
+def destination(
+    scheme: str,
+    host: str,
+    port: int,
+    path: str,
+    *,
+    sni: str | None,
+    host_header: str | None,
+    dialled: tuple[str, int] | None,
+) -> Destination:
+    """The websocket destination of a request to ``scheme://host:port/path``.
+
+    In transparent and local capture modes mitmproxy knows only the address the client
+    connected to (``dialled``; None in the other modes, where the client names its
+    destination), while the client asked for a name: its TLS SNI, else its ``Host`` header.
+    As mitmproxy's own upstream connection does, the name is what TLS verifies and the address
+    is what is dialled (no second DNS lookup that could go elsewhere). When an addon moved the
+    flow elsewhere (``host``/``port`` are no longer ``dialled``), the new host is used as it is.
+    """
+    name = host
+    if dialled is not None and dialled == (host, port) and is_ip_address(host):
+        asked = sni if scheme == "https" and sni else _host_of(host_header)
+        if asked and not is_ip_address(asked):
+            name = asked.rstrip(".").lower()
+    url = upstream_url_for(scheme, name, port, path)
+    return Destination(url, name, (host, port) if name != host else None)
 
 
 def validate_upstream_override(value: str) -> str:

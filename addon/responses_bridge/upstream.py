@@ -207,13 +207,19 @@ async def open_socket(
     connect_timeout: float,
     ssl_context: ssl.SSLContext | None = None,
     proxy: str | None = None,
+    address: tuple[str, int] | None = None,
 ) -> UpstreamSocket:
     """Open the upstream websocket, translating every failure into an ``UpstreamError``.
 
     ``proxy`` is an ``http://`` proxy URL for CONNECT, or None for a direct connection: the
     environment's proxy variables are never used (inside a proxy they would loop).
+    ``address`` is dialled instead of resolving the URL's host, which stays the name that TLS
+    verifies and the ``Host`` header carries (transparent and local capture modes).
     """
     secure = url.startswith("wss:")
+    dial: dict[str, Any] = {}
+    if address is not None and proxy is None:
+        dial = {"host": address[0], "port": address[1]}
     try:
         connection = await connect(
             url,
@@ -230,6 +236,7 @@ async def open_socket(
             ping_timeout=60,
             close_timeout=2,
             logger=_LIBRARY_LOGGER,
+            **dial,
         )
     except TimeoutError as exc:
         raise UpstreamTimeout(
@@ -245,8 +252,8 @@ async def open_socket(
     except ssl.SSLCertVerificationError as exc:
         raise UpstreamUnavailable(
             f"The upstream {url} presented a certificate that is not trusted: "
-            f"{exc.verify_message}. Trust its CA with ssl_verify_upstream_trusted_ca, or set "
-            "ssl_insecure."
+            f"{str(exc.verify_message).rstrip('.')}. Trust its CA with "
+            "ssl_verify_upstream_trusted_ca, or set ssl_insecure."
         ) from exc
     except InvalidURI as exc:
         raise UpstreamUnavailable(f"Cannot connect to the upstream {url}: {exc}.") from exc
