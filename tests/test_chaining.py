@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from responses_bridge import chaining
-from responses_bridge.chaining import (
+from responses_bridge.state import chaining
+from responses_bridge.state.chaining import (
     DigestMemo,
     candidate_keys,
     canonical_item,

@@ -1,6 +1,6 @@
 """End to end: a bridged flow is still a mitmproxy flow. mitmproxy's own features and other
 scripts see it, with its own host, exactly as they see the pass-through flow it replaces, and
-the bridge takes the request as they left it (see ``responses_bridge.hop``).
+the bridge takes the request as they left it (see ``responses_bridge.mitm.hop``).
 
 The upstream is named (``localhost``, the one name that resolves here), so every filter with
 ``~d localhost`` is one a user would write for their API host.

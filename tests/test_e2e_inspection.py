@@ -138,7 +138,9 @@ async def test_commands_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """sessions, close and stats through mitmproxy's own command machinery (a DumpMaster)."""
     import bridge as bridge_script
 
-    monkeypatch.setattr(bridge_script, "_FREEZE_DELAY", 0.0)
+    from responses_bridge.mitm import gc_freeze
+
+    monkeypatch.setattr(gc_freeze, "FREEZE_DELAY", 0.0)
     from mitmproxy import options
     from mitmproxy.tools.dump import DumpMaster
 

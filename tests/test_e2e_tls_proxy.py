@@ -266,7 +266,7 @@ from mitmproxy import ctx
 
 class LoopbackSpy:
     def running(self) -> None:
-        server = ctx.master.addons.get("responsesbridge")._server
+        server = ctx.master.addons.get("responsesbridge")._flows.server
         inner = server._on_head
 
         def on_head(request):

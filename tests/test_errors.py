@@ -1,4 +1,5 @@
-"""Unit tests for ``responses_bridge.errors``: statuses, codes and the rendered error bodies."""
+"""Unit tests for ``responses_bridge.protocol.errors``: statuses, codes and the rendered error
+bodies."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from responses_bridge.errors import (
+from responses_bridge.protocol.errors import (
     BodyTooLarge,
     BridgeError,
     InvalidRequest,

@@ -1,4 +1,4 @@
-"""Unit tests for ``responses_bridge.hop``: the redirect to the loopback server and back, and
+"""Unit tests for ``responses_bridge.mitm.hop``: the redirect to the loopback server and back, and
 the two addons that place it at the ends of mitmproxy's chain (with mitmproxy's test flows)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import asyncio
 from mitmproxy import connection, http
 from mitmproxy.test import taddons, tflow
 
-from responses_bridge import hop
-from responses_bridge.server import SECRET_HEADER
+from responses_bridge.io.loopback import SECRET_HEADER
+from responses_bridge.mitm import hop
 
 
 def api_flow() -> http.HTTPFlow:

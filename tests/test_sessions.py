@@ -1,4 +1,5 @@
-"""Unit tests for ``responses_bridge.sessions``: owners, routing, leases, capacity, transcripts.
+"""Unit tests for ``responses_bridge.state.sessions``: routing, leases, capacity and
+transcripts, through the registry that joins the state's parts.
 
 Plain values only: a fake socket and an injected clock, no network and no real time.
 """
@@ -12,17 +13,11 @@ from typing import Any
 
 import pytest
 
-from responses_bridge.errors import BridgeError
-from responses_bridge.sessions import (
-    CapacityExceeded,
-    ChainNode,
-    Decision,
-    Limits,
-    Registry,
-    Route,
-    Session,
-    items_size,
-)
+from responses_bridge.protocol.errors import BridgeError, CapacityExceeded
+from responses_bridge.state.limits import Limits
+from responses_bridge.state.pool import Session
+from responses_bridge.state.sessions import Decision, Registry, Route
+from responses_bridge.state.transcripts import ChainNode, items_size
 
 ALICE = [("Authorization", "Bearer sk-alice-SECRETKEY")]
 BOB = [("Authorization", "Bearer sk-bob-OTHERKEY")]
@@ -110,7 +105,7 @@ class World:
         owner: str | None = None,
         upstream: str = UP,
     ) -> ChainNode | None:
-        return self.registry.record(
+        return self.registry.transcripts.record(
             response_id, owner or self.owner, upstream, parent, items, continues=continues
         )
 
@@ -681,7 +676,7 @@ async def test_chains_are_least_recently_used() -> None:
 def held_bytes(registry: Registry) -> int:
     """The bytes of every segment reachable from a recorded node, each counted once."""
     seen: dict[int, int] = {}
-    for node in registry._chains.values():
+    for node in registry.transcripts._chains.values():
         current: ChainNode | None = node
         while current is not None and id(current) not in seen:
             seen[id(current)] = current.segment_bytes
@@ -865,7 +860,7 @@ async def warm_up(world: World, owner: str | None = None) -> None:
     world.registry.keep_warm(owner or world.owner, UP, world.connect)
     for _ in range(50):
         await asyncio.sleep(0)
-        if not world.registry._warming:
+        if not world.registry.pool._warming:
             return
     raise AssertionError("warm-up did not finish")
 
@@ -909,7 +904,7 @@ async def test_a_burst_during_a_warm_up_waits_for_it_only_as_far_as_it_opens_soc
     handshake.set()
     warm = await asyncio.wait_for(first, 5)
     assert warm.socket is world.sockets[3] and len(world.sockets) == 4
-    assert world.registry._warm_waiters == {}
+    assert world.registry.pool._warm_waiters == {}
 
 
 async def test_warm_sockets_use_only_free_capacity_and_go_first() -> None:

@@ -1,4 +1,5 @@
-"""Unit tests for ``responses_bridge.sse``: frame encoding, error events and the decoder."""
+"""Unit tests for ``responses_bridge.protocol.sse``: frame encoding, error events and the
+decoder."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from responses_bridge import sse
-from responses_bridge.errors import InvalidRequest, UpstreamResponseError, UpstreamTimeout
-from responses_bridge.sse import (
+from responses_bridge.protocol import sse
+from responses_bridge.protocol.errors import InvalidRequest, UpstreamResponseError, UpstreamTimeout
+from responses_bridge.protocol.sse import (
     KEEPALIVE,
     SSEDecoder,
     SSEMessage,

@@ -13,8 +13,8 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.proxy import parse_proxy
 
-from responses_bridge.errors import UpstreamClosed, UpstreamUnavailable
-from responses_bridge.upstream import open_socket, proxy_url
+from responses_bridge.io.upstream import open_socket, proxy_url
+from responses_bridge.protocol.errors import UpstreamClosed, UpstreamUnavailable
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

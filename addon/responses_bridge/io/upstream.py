@@ -26,7 +26,7 @@ from websockets.exceptions import (
     ProxyError,
 )
 
-from responses_bridge.errors import (
+from responses_bridge.protocol.errors import (
     UpstreamClosed,
     UpstreamError,
     UpstreamProtocolError,

@@ -11,7 +11,7 @@ from typing import Any
 
 from mitmproxy import contentviews
 
-from responses_bridge.report import looks_like_responses_sse, render_sse_text
+from responses_bridge.protocol.render import looks_like_responses_sse, render_sse_text
 
 NAME = "Responses SSE"
 _LEGACY = not hasattr(contentviews, "Contentview")  # mitmproxy 11

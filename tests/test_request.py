@@ -1,4 +1,4 @@
-"""Unit tests for ``responses_bridge.translate``: pure request-side translation."""
+"""Unit tests for ``responses_bridge.protocol.request``: pure request-side translation."""
 
 from __future__ import annotations
 
@@ -11,20 +11,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from responses_bridge.errors import BodyTooLarge, InvalidRequest
-from responses_bridge.translate import (
+from responses_bridge.protocol.errors import BodyTooLarge, InvalidRequest
+from responses_bridge.protocol.request import (
     ClientRequest,
     build_create_frame,
     chatgpt_compat_enabled,
     destination,
-    forwardable_headers,
     host_matches,
     is_chatgpt_upstream,
     is_ip_address,
     is_responses_path,
     parse_client_request,
     parse_host_patterns,
-    redact_headers,
     upstream_url_for,
     validate_upstream_override,
 )
@@ -253,99 +251,6 @@ def test_chatgpt_compat_enabled(mode: str, url: str, expected: bool) -> None:
 
 
 # --- headers -----------------------------------------------------------------------------------
-
-
-def test_forwardable_headers_removes_hop_by_hop_and_framing() -> None:
-    headers = [
-        ("Host", "api.openai.com"),
-        ("Authorization", "Bearer sk-test"),
-        ("Content-Type", "application/json"),
-        ("Content-Length", "123"),
-        ("Accept-Encoding", "gzip, br"),
-        ("Connection", "keep-alive"),
-        ("Keep-Alive", "timeout=5"),
-        ("Transfer-Encoding", "chunked"),
-        ("TE", "trailers"),
-        ("Trailer", "x"),
-        ("Upgrade", "h2c"),
-        ("Proxy-Authorization", "Basic abc"),
-        ("Proxy-Connection", "keep-alive"),
-        ("Content-Encoding", "gzip"),
-        ("Expect", "100-continue"),
-        ("HTTP2-Settings", "AAMAAABkAAQAAP__"),
-        ("Sec-WebSocket-Key", "x"),
-        ("Sec-WebSocket-Version", "13"),
-        ("Sec-WebSocket-Extensions", "permessage-deflate"),
-        ("Sec-WebSocket-Protocol", "chat"),
-        ("X-Responses-Bridge-Secret", "s3cret"),
-        ("x-responses-bridge-flow", "abc"),
-        (":authority", "api.openai.com"),
-        ("ChatGPT-Account-ID", "acct_1"),
-        ("OpenAI-Beta", "responses_websockets=2026-02-06"),
-        ("session_id", "sess-1"),
-        ("originator", "codex_cli_rs"),
-        ("User-Agent", "openai-python/1.0"),
-        ("Accept", "text/event-stream"),
-    ]
-    assert forwardable_headers(headers) == [
-        ("Authorization", "Bearer sk-test"),
-        ("ChatGPT-Account-ID", "acct_1"),
-        ("OpenAI-Beta", "responses_websockets=2026-02-06"),
-        ("session_id", "sess-1"),
-        ("originator", "codex_cli_rs"),
-        ("User-Agent", "openai-python/1.0"),
-        ("Accept", "text/event-stream"),
-    ]
-
-
-def test_forwardable_headers_keeps_order_duplicates_and_case() -> None:
-    headers = [
-        ("x-b", "2"),
-        ("OpenAI-Beta", "one"),
-        ("x-a", "1"),
-        ("OpenAI-Beta", "two"),
-        ("session-id", "s"),
-        ("x-b", "3"),
-    ]
-    assert forwardable_headers(headers) == headers
-    assert forwardable_headers(iter(headers)) == headers  # any iterable
-    assert forwardable_headers([]) == []
-
-
-def test_forwardable_headers_does_not_drop_lookalikes() -> None:
-    headers = [
-        ("X-Host", "a"),
-        ("Content-Type-Options", "b"),
-        ("X-Responses-Other", "c"),
-        ("Authorization-Extra", "d"),
-    ]
-    assert forwardable_headers(headers) == headers
-
-
-def test_redact_headers() -> None:
-    headers = [
-        ("Authorization", "Bearer sk-secret"),
-        ("chatgpt-account-id", "acct_1"),
-        ("Cookie", "a=b"),
-        ("OpenAI-API-Key", "sk-1"),
-        ("api-key", "azure-key"),
-        ("X-API-Key", "k"),
-        ("OpenAI-Beta", "responses_websockets=2026-02-06"),
-        ("session_id", "sess-1"),
-        ("Authorization", "Bearer second"),
-    ]
-    assert redact_headers(headers) == [
-        ("Authorization", "<redacted>"),
-        ("chatgpt-account-id", "<redacted>"),
-        ("Cookie", "<redacted>"),
-        ("OpenAI-API-Key", "<redacted>"),
-        ("api-key", "<redacted>"),
-        ("X-API-Key", "<redacted>"),
-        ("OpenAI-Beta", "responses_websockets=2026-02-06"),
-        ("session_id", "sess-1"),
-        ("Authorization", "<redacted>"),
-    ]
-    assert headers[0] == ("Authorization", "Bearer sk-secret")  # input untouched
 
 
 # --- parse_client_request ----------------------------------------------------------------------

@@ -7,22 +7,24 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from responses_bridge.aggregate import ResponseFolder
-from responses_bridge.chaining import DigestMemo, candidate_keys, fields_fingerprint
-from responses_bridge.errors import (
+from responses_bridge.protocol.errors import (
     BridgeError,
     ChainBusy,
     PreviousResponseNotFound,
     UpstreamClosed,
 )
-from responses_bridge.exchange import Exchange, Settings
-from responses_bridge.sessions import ChainNode, Registry, Route, Session
-from responses_bridge.translate import (
+from responses_bridge.protocol.events import ResponseFolder
+from responses_bridge.protocol.request import (
     ClientRequest,
     build_create_frame,
     input_items,
     rehydrated_frame,
 )
+from responses_bridge.state.chaining import DigestMemo, candidate_keys, fields_fingerprint
+from responses_bridge.state.pool import Session
+from responses_bridge.state.sessions import Registry, Route
+from responses_bridge.state.transcripts import ChainNode
+from responses_bridge.turn.exchange import Exchange, Settings
 
 _RETRYABLE_CODES = frozenset({"previous_response_not_found", "websocket_connection_limit_reached"})
 
@@ -94,7 +96,7 @@ def remember(
     response_id = terminal["response"].get("id")
     if not isinstance(response_id, str):
         return None
-    registry.record(
+    registry.transcripts.record(
         response_id,
         turn.owner,
         exchange.upstream_url,

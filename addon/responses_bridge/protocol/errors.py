@@ -2,7 +2,7 @@
 
 Each error knows the HTTP status it becomes before a stream has started and renders itself as an
 OpenAI-style ``{"error": {"message", "type", "param", "code"}}`` body; after a stream has started it
-renders as an SSE ``error`` event instead (see :func:`responses_bridge.sse.error_event`).
+renders as an SSE ``error`` event instead (see :func:`responses_bridge.protocol.sse.error_event`).
 Foreign exceptions (websockets, OSError, TimeoutError) are translated once, in ``upstream``.
 """
 
@@ -66,6 +66,13 @@ class BodyTooLarge(InvalidRequest):
 
     status = 413
     code = "request_too_large"
+
+
+class UnsupportedContentEncoding(InvalidRequest):
+    """A request body in a content coding the bridge cannot decode (415)."""
+
+    status = 415
+    code = "unsupported_content_encoding"
 
 
 class UpstreamError(BridgeError):
@@ -184,3 +191,11 @@ class BackgroundNotBridged(InvalidRequest):
             "raise stream_large_bodies above its size.",
             param="background",
         )
+
+
+class CapacityExceeded(BridgeError):
+    """Every upstream socket is busy and ``responses_bridge_max_sessions`` is reached (503)."""
+
+    status = 503
+    error_type = "server_error"
+    code = "bridge_capacity_exceeded"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from responses_bridge.errors import BridgeError
+from responses_bridge.protocol.errors import BridgeError
 
 KEEPALIVE = b": keep-alive\n\n"
 

@@ -13,8 +13,8 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from responses_bridge.bodies import UnsupportedContentEncoding, decode_body
-from responses_bridge.errors import BodyTooLarge, InvalidRequest
+from responses_bridge.protocol.encoding import UnsupportedContentEncoding, decode_body
+from responses_bridge.protocol.errors import BodyTooLarge, InvalidRequest
 
 BODY = b'{"model": "m", "input": "' + b"hello " * 500 + b'", "stream": true}'
 LIMIT = 1024 * 1024

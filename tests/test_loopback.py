@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from responses_bridge.server import (
+from responses_bridge.io.loopback import (
     SECRET_HEADER,
     IncomingRequest,
     LoopbackServer,
@@ -395,7 +395,7 @@ async def test_a_failing_handler_is_500_and_the_server_keeps_serving(
 
     port = await harness.start(handler)
     client = await harness.connect(port)
-    with caplog.at_level(logging.ERROR, logger="responses_bridge.server"):
+    with caplog.at_level(logging.ERROR, logger="responses_bridge.io.loopback"):
         reply = await client.exchange(raw_request("/boom", body=b"{}"))
     assert_openai_error(reply, 500, "server_error")
     assert "handler bug" not in reply.body.decode()

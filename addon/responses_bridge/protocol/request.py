@@ -8,48 +8,14 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from responses_bridge.errors import BodyTooLarge, InvalidRequest
+from responses_bridge.protocol.errors import BodyTooLarge, InvalidRequest
 
 RESPONSES_PATH_SUFFIXES = ("/v1/responses", "/backend-api/codex/responses")
 CHATGPT_PATH_SUFFIX = "/backend-api/codex/responses"
-
-# Never forwarded on the upgrade: hop-by-hop headers, the body's framing, and headers the
-# websocket handshake sets itself.
-_NOT_FORWARDED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "content-type",
-        "content-encoding",
-        "accept-encoding",
-        "host",
-        "expect",
-        "http2-settings",
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-        "sec-websocket-accept",
-    }
-)
-
-# Values the client may never see in logs.
-CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "chatgpt-account-id", "cookie", "openai-api-key", "api-key", "x-api-key"}
-)
 
 
 def is_responses_path(path: str) -> bool:
@@ -164,26 +130,6 @@ def chatgpt_compat_enabled(mode: str, upstream_url: str) -> bool:
     if mode == "off":
         return False
     return is_chatgpt_upstream(upstream_url)
-
-
-def forwardable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The client's end-to-end headers to send on the upgrade, internal ``x-responses-bridge-*``
-    headers and hop-by-hop ones removed. Order and repeated headers are kept."""
-    kept = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _NOT_FORWARDED or lower.startswith(("x-responses-bridge", ":")):
-            continue
-        kept.append((name, value))
-    return kept
-
-
-def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Headers fit for a log: credential values replaced by ``<redacted>``."""
-    return [
-        (name, "<redacted>" if name.lower() in CREDENTIAL_HEADERS else value)
-        for name, value in headers
-    ]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Protocol
 
 from mitmproxy import connection, http
 
-from responses_bridge.server import SECRET_HEADER
+from responses_bridge.io.loopback import SECRET_HEADER
 
 FLOW_HEADER = "x-responses-bridge-flow"
 INTERNAL_HEADERS = frozenset({SECRET_HEADER.encode(), FLOW_HEADER.encode()})
@@ -159,5 +159,5 @@ class Router:
         # but is never resumed, so the wait looks again every second.
         while flow.intercepted:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(flow.wait_for_resume(), 1.0)  # type: ignore[no-untyped-call,unused-ignore]
+                await asyncio.wait_for(flow.wait_for_resume(), 1.0)
         await self._routing.route(flow)

@@ -13,17 +13,11 @@ import time
 from functools import partial
 from typing import Any
 
-from responses_bridge import planning, sse
-from responses_bridge.aggregate import (
-    EventKind,
-    ResponseFolder,
-    classify,
-    error_object,
-    error_status,
-)
-from responses_bridge.bodies import decode_body
-from responses_bridge.chaining import chain_key, item_digests
-from responses_bridge.errors import (
+from responses_bridge.io.loopback import IncomingRequest
+from responses_bridge.io.upstream import UpstreamSocket, open_socket
+from responses_bridge.protocol import sse
+from responses_bridge.protocol.encoding import decode_body
+from responses_bridge.protocol.errors import (
     BackgroundNotBridged,
     BridgeError,
     ResponseInProgress,
@@ -32,18 +26,24 @@ from responses_bridge.errors import (
     UpstreamResponseError,
     UpstreamTimeout,
 )
-from responses_bridge.exchange import ClientSink, Exchange
-from responses_bridge.planning import Plan
-from responses_bridge.report import rate_limit_headers
-from responses_bridge.server import IncomingRequest
-from responses_bridge.sessions import Registry
-from responses_bridge.translate import (
-    chatgpt_compat_enabled,
+from responses_bridge.protocol.events import (
+    EventKind,
+    ResponseFolder,
+    classify,
+    error_object,
+    error_status,
+)
+from responses_bridge.protocol.headers import (
     forwardable_headers,
-    parse_client_request,
+    rate_limit_headers,
     redact_headers,
 )
-from responses_bridge.upstream import UpstreamSocket, open_socket
+from responses_bridge.protocol.request import chatgpt_compat_enabled, parse_client_request
+from responses_bridge.state.chaining import chain_key, item_digests
+from responses_bridge.state.sessions import Registry
+from responses_bridge.turn import planning
+from responses_bridge.turn.exchange import ClientSink, Exchange
+from responses_bridge.turn.planning import Plan
 
 logger = logging.getLogger(__name__)
 

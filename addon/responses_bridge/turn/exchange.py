@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from responses_bridge.server import ResponseWriter
-from responses_bridge.translate import ClientRequest
+from responses_bridge.io.loopback import ResponseWriter
+from responses_bridge.protocol.request import ClientRequest
 
 SSE_HEADERS = [
     ("content-type", "text/event-stream; charset=utf-8"),

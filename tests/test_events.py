@@ -1,4 +1,5 @@
-"""Unit tests for ``responses_bridge.aggregate``: classification, errors and the response folder."""
+"""Unit tests for ``responses_bridge.protocol.events``: classification, errors and the response
+folder."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from responses_bridge.aggregate import (
+from responses_bridge.protocol.events import (
     TERMINAL_TYPES,
     EventKind,
     ResponseFolder,

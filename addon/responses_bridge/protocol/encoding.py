@@ -13,17 +13,14 @@ from collections.abc import Callable, Iterator
 
 import zstandard
 
-from responses_bridge.errors import BodyTooLarge, InvalidRequest
+from responses_bridge.protocol.errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    UnsupportedContentEncoding,
+)
 
 _OUT_CHUNK = 64 * 1024  # bytes of output per decoding step
 _GZIP = 16 + zlib.MAX_WBITS  # zlib's wbits for a gzip wrapper
-
-
-class UnsupportedContentEncoding(InvalidRequest):
-    """A request body in a content coding the bridge cannot decode (415)."""
-
-    status = 415
-    code = "unsupported_content_encoding"
 
 
 class _Corrupt(Exception):

@@ -1,0 +1,208 @@
+"""The upstream sockets that are open: capacity, warm sockets opened ahead, and closing.
+
+Capacity counts every open socket (retained and in flight, plus those being connected); when it
+is reached, a fresh request closes the least recently used idle socket (another pool's warm one
+first), or is refused with ``CapacityExceeded``. Which response an idle socket holds is
+``routes``' business: the pool asks it for the idle sockets and tells it when one goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from responses_bridge.protocol.errors import CapacityExceeded
+from responses_bridge.state.limits import Limits
+
+
+class ClosableSocket(Protocol):
+    """What the session state needs of an upstream socket."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+Connect = Callable[[], Awaitable[ClosableSocket]]
+
+
+@dataclass(eq=False)
+class Session:
+    """One open upstream socket and who may use it."""
+
+    socket: ClosableSocket
+    owner: str
+    upstream: str
+    opened_at: float
+    last_used: float
+    turns: int = 0
+    response_id: str | None = None  # the response this idle socket can continue
+    continuing: str | None = None  # the previous_response_id of the turn in flight
+    busy: bool = True
+    chain_key: tuple[str, int, str] | None = None  # automatic chaining index entry (idle only)
+    producing: str | None = None  # the id of the response the turn in flight is generating
+
+
+class Pool:
+    """Every open socket; see the module docstring. All methods run on one event loop."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        clock: Callable[[], float],
+        *,
+        retained: Callable[[], Iterable[Session]],
+        on_forget: Callable[[Session], None],
+    ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self._retained = retained  # idle sockets that hold a response, oldest retained first
+        self._on_forget = on_forget
+        self.sessions: set[Session] = set()
+        self._connecting = 0
+        self._closing: set[asyncio.Task[None]] = set()
+        self._warm: dict[tuple[str, str], list[Session]] = {}
+        self._warming: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Fresh requests waiting for a warm-up in flight, per (owner, upstream).
+        self._warm_waiters: dict[tuple[str, str], int] = {}
+        # Warm sockets handed out and not yet replaced, per pool: a replacement may evict the
+        # least recently used idle socket when full (a fresh request would evict it anyway).
+        self._owed: dict[tuple[str, str], int] = {}
+
+    def usable(self, session: Session) -> bool:
+        """Open, younger than ``max_socket_age`` and used within ``session_ttl``."""
+        now = self.clock()
+        return (
+            not session.socket.closed
+            and now - session.opened_at < self.limits.max_socket_age
+            and now - session.last_used < self.limits.session_ttl
+        )
+
+    async def open(self, owner: str, upstream: str, connect: Connect) -> Session:
+        """A socket for a fresh turn: a warm one if there is one, else reserve capacity
+        (closing warm, then least recently used idle sockets if full) and connect."""
+        key = (owner, upstream)
+        warm = self._take_warm(key)
+        warming = self._warming.get(key)
+        waiters = self._warm_waiters.get(key, 0)
+        if warm is None and warming is not None and waiters < self.limits.warm_sockets:
+            # A warm-up is already connecting: it started earlier, so it is ready sooner than a
+            # connection started now. As many requests wait for it as it opens sockets; the
+            # rest of a burst connects at once.
+            self._warm_waiters[key] = waiters + 1
+            try:
+                await asyncio.wait([warming], timeout=5)
+            finally:
+                left = self._warm_waiters.pop(key) - 1
+                if left:
+                    self._warm_waiters[key] = left
+            warm = self._take_warm(key)
+        if warm is not None:
+            return warm
+        while len(self.sessions) + self._connecting >= self.limits.max_sessions:
+            idle = self._least_recent_idle()
+            if idle is None:
+                raise CapacityExceeded(
+                    f"All {self.limits.max_sessions} upstream sockets are busy "
+                    "(responses_bridge_max_sessions); retry shortly.",
+                    headers={"retry-after": "1"},
+                )
+            self.close_soon(idle)
+        return await self._connect(owner, upstream, connect)
+
+    async def _connect(self, owner: str, upstream: str, connect: Connect) -> Session:
+        self._connecting += 1
+        try:
+            socket = await connect()
+        finally:
+            self._connecting -= 1
+        now = self.clock()
+        session = Session(socket, owner, upstream, opened_at=now, last_used=now)
+        self.sessions.add(session)
+        return session
+
+    # -- warm sockets ------------------------------------------------------------------------
+
+    def keep_warm(self, owner: str, upstream: str, connect: Connect) -> None:
+        """Top up this owner's pool of pre-opened sockets to ``warm_sockets`` in the background.
+        A warm socket that was handed out is replaced even when the pool is full, by closing
+        the least recently used idle socket; growing the pool uses only free capacity."""
+        key = (owner, upstream)
+        if self.limits.warm_sockets <= 0 or key in self._warming:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._fill_warm(key, connect), name="responses-bridge warm socket"
+        )
+        self._warming[key] = task
+        task.add_done_callback(lambda _t: self._warming.pop(key, None))
+
+    async def _fill_warm(self, key: tuple[str, str], connect: Connect) -> None:
+        pool = self._warm.setdefault(key, [])
+        while len(pool) < self.limits.warm_sockets:
+            if len(self.sessions) + self._connecting >= self.limits.max_sessions:
+                victim = self._least_recent_idle(exclude=key) if self._owed.get(key) else None
+                if victim is None:
+                    return
+                self.close_soon(victim)
+            self._owed[key] = max(0, self._owed.get(key, 0) - 1)
+            try:
+                session = await self._connect(key[0], key[1], connect)
+            except Exception:  # a failed warm-up only costs the next request its handshake
+                return
+            session.busy = False
+            pool.append(session)
+
+    def warm_sessions(self) -> list[Session]:
+        return [session for pool in self._warm.values() for session in pool]
+
+    def _least_recent_idle(self, exclude: tuple[str, str] | None = None) -> Session | None:
+        """The idle socket to close for room: another pool's warm socket first, then the least
+        recently used retained one."""
+        warm = [s for k, pool in self._warm.items() if k != exclude for s in pool]
+        return min(warm, key=lambda s: s.last_used, default=None) or min(
+            self._retained(), key=lambda s: s.last_used, default=None
+        )
+
+    def _take_warm(self, key: tuple[str, str]) -> Session | None:
+        pool = self._warm.get(key, [])
+        while pool:
+            session = pool.pop(0)
+            if self.usable(session):
+                self._owed[key] = min(self.limits.warm_sockets, self._owed.get(key, 0) + 1)
+                session.busy = True
+                session.last_used = self.clock()
+                return session
+            self.close_soon(session)
+        return None
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def forget(self, session: Session) -> None:
+        """``session`` is no longer available (it is being closed)."""
+        self.sessions.discard(session)
+        pool = self._warm.get((session.owner, session.upstream))
+        if pool is not None and session in pool:
+            pool.remove(session)
+        self._on_forget(session)
+
+    def close_soon(self, session: Session) -> None:
+        """Forget ``session`` now and close its socket in the background."""
+        self.forget(session)
+        task = asyncio.get_running_loop().create_task(
+            session.socket.close(), name="responses-bridge close idle socket"
+        )
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close_all(self) -> None:
+        """Close every socket (shutdown)."""
+        for task in list(self._warming.values()):
+            task.cancel()
+        await asyncio.gather(*self._warming.values(), return_exceptions=True)
+        sessions = list(self.sessions)
+        self.sessions.clear()
+        self._warm.clear()
+        await asyncio.gather(*(s.socket.close() for s in sessions), *self._closing)
