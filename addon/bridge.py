@@ -203,7 +203,9 @@ class ResponsesBridge:
         )
         self._stats.retried += exchange.retried
         self._stats.bytes_relayed += exchange.bytes_relayed()
-        status = exchange.status if exchange.status is not None else "-"
+        status: int | str = exchange.status or "-"
+        if exchange.status is None and flow.response is not None:
+            status = flow.response.status_code  # answered by the loopback server itself
         mode = "stream" if exchange.stream else "json"
         line = (
             f"responses-bridge: {flow.request.method} {flow.request.path} -> {status} {mode} "

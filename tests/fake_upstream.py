@@ -649,6 +649,7 @@ class FakeUpstream:
         input_cost_ms_per_kb: float = 0.0,
     ) -> None:
         self.handshake_status = handshake_status
+        self.handshake_redirect: str | None = None  # a Location to answer upgrades with (302)
         self.handshake_delay = handshake_delay
         self.default_directives = default_directives
         self.event_delay = event_delay
@@ -785,6 +786,10 @@ class FakeUpstream:
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         self.handshake_headers.append(_lower_headers(request.headers))
         await self._sleep(self.handshake_delay)
+        if self.handshake_redirect is not None:
+            return _json_response(
+                302, {"detail": "moved"}, (("Location", self.handshake_redirect),)
+            )
         status = self.handshake_status
         if status is None:
             return None

@@ -3,8 +3,14 @@ redacted, and the response headers made from upstream data."""
 
 from __future__ import annotations
 
+import pytest
+
 from responses_bridge.protocol.headers import (
+    LOGGABLE_HEADERS,
+    PER_REQUEST_HEADERS,
     forwardable_headers,
+    identity_headers,
+    is_loggable,
     rate_limit_headers,
     redact_headers,
 )
@@ -97,7 +103,7 @@ def test_redact_headers() -> None:
         ("api-key", "<redacted>"),
         ("X-API-Key", "<redacted>"),
         ("OpenAI-Beta", "responses_websockets=2026-02-06"),
-        ("session_id", "sess-1"),
+        ("session_id", "<redacted>"),
         ("Authorization", "<redacted>"),
     ]
     assert headers[0] == ("Authorization", "Bearer sk-secret")  # input untouched
@@ -128,3 +134,74 @@ def test_rate_limit_headers() -> None:
         "x-codex-credits-has-credits": "false",
     }
     assert rate_limit_headers({"type": "codex.rate_limits"}) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["x-goog-api-key", "Ocp-Apim-Subscription-Key", "X-Gateway-Token", "OpenAI-Project", "x-ms"],
+)
+def test_redaction_is_an_allowlist_unknown_headers_are_redacted(name: str) -> None:
+    assert redact_headers([(name, "s3cret")]) == [(name, "<redacted>")]
+
+
+@pytest.mark.parametrize(
+    "name", ["User-Agent", "accept", "OpenAI-Beta", "X-Stainless-Lang", "x-request-id"]
+)
+def test_allowlisted_headers_are_shown(name: str) -> None:
+    assert is_loggable(name)
+    assert redact_headers([(name, "v1")]) == [(name, "v1")]
+
+
+def test_identity_headers_are_the_forwarded_ones_minus_per_request_ones() -> None:
+    headers = [
+        ("Authorization", "Bearer k"),
+        ("OpenAI-Project", "proj_a"),
+        ("Content-Type", "application/json"),  # not forwarded
+        ("X-Request-ID", "r1"),  # per request
+        ("x-stainless-retry-count", "0"),  # per request
+        ("session_id", "s1"),
+        ("Cookie", "a=1"),
+        ("X-Custom", "1"),
+        ("x-custom", "2"),
+    ]
+    assert identity_headers(headers) == [
+        ("authorization", "Bearer k"),
+        ("cookie", "a=1"),
+        ("openai-project", "proj_a"),
+        ("session_id", "s1"),
+        ("x-custom", "1"),
+        ("x-custom", "2"),
+    ]
+    assert PER_REQUEST_HEADERS <= LOGGABLE_HEADERS
+
+
+def test_rate_limit_headers_drop_names_and_values_unfit_for_a_head() -> None:
+    event = {
+        "type": "codex.rate_limits",
+        "rate_limits": {
+            "primary": {
+                "used_percent": 5,
+                "evil\r\nx-injected": "1",
+                "spaced name": 1,
+                "über": 2,
+                "x" * 65: 3,
+                "ok_field": "a\r\nb",
+                "latin": "caf\u00e9",
+                "emoji": "\U0001f600",
+                "long": "y" * 201,
+                "fine_one": "z",
+            }
+        },
+        "credits": {"balance": 3, "bad key": 1},
+    }
+    assert rate_limit_headers(event) == [
+        ("x-codex-primary-used-percent", "5"),
+        ("x-codex-primary-fine-one", "z"),
+        ("x-codex-credits-balance", "3"),
+    ]
+
+
+def test_rate_limit_headers_are_bounded_in_number() -> None:
+    many = {f"field_{i}": i for i in range(500)}
+    headers = rate_limit_headers({"rate_limits": {"primary": many}})
+    assert 0 < len(headers) <= 32

@@ -79,6 +79,9 @@ class Recorder:
     def route_streamed(self, flow: http.HTTPFlow) -> None:
         self.calls.append(("route_streamed", flow.id))
 
+    def refuse_oversized(self, flow: http.HTTPFlow) -> None:
+        self.calls.append(("refuse_oversized", flow.id))
+
     async def route(self, flow: http.HTTPFlow) -> None:
         self.calls.append(("route", flow.id))
 
@@ -89,11 +92,14 @@ class Recorder:
 def test_router_routes_a_streamed_body_at_requestheaders_only() -> None:
     recorder = Recorder()
     router = hop.Router(recorder)
-    buffered, streamed = api_flow(), api_flow()
+    buffered, streamed, answered = api_flow(), api_flow(), api_flow()
     streamed.request.stream = True
+    answered.response = http.Response.make(403)  # another addon answered it (block_list)
     router.requestheaders(buffered)
     router.requestheaders(streamed)
-    assert recorder.calls == [("route_streamed", streamed.id)]
+    router.requestheaders(answered)
+    # A buffered body is only checked against the size limit before mitmproxy reads it.
+    assert recorder.calls == [("refuse_oversized", buffered.id), ("route_streamed", streamed.id)]
 
 
 async def test_router_takes_an_intercepted_flow_once_it_is_resumed() -> None:

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from responses_bridge.protocol.errors import BodyTooLarge, InvalidRequest
 from responses_bridge.protocol.request import (
+    MAX_DEPTH,
+    MAX_INPUT_ITEMS,
     ClientRequest,
     build_create_frame,
     chatgpt_compat_enabled,
@@ -674,3 +676,47 @@ def test_destination_uses_the_name_and_dials_the_address(
 )  # fmt: skip
 def test_is_ip_address(host: str, expected: bool) -> None:
     assert is_ip_address(host) is expected
+
+
+# -- shape bounds -----------------------------------------------------------------------------
+
+
+def _nested(depth: int) -> bytes:
+    """A body whose deepest array sits ``depth`` levels down (the body itself is level 1)."""
+    return (
+        b'{"model": "m", "input": [{"a": ' + b"[" * (depth - 3) + b"0" + b"]" * (depth - 3) + b"}]}"
+    )
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    parsed = parse_client_request(_nested(MAX_DEPTH))
+    assert parsed.body["model"] == "m"
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 900, 5000, 200_000])
+def test_deeper_nesting_is_a_400_not_a_recursion_error(depth: int) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        parse_client_request(_nested(depth))
+    assert info.value.status == 400
+    assert info.value.code == "invalid_json"
+    assert "nest" in info.value.message or "not valid JSON" in info.value.message
+
+
+def test_too_many_input_items_is_a_400() -> None:
+    body = json.dumps({"model": "m", "input": [{}] * (MAX_INPUT_ITEMS + 1)}).encode()
+    with pytest.raises(InvalidRequest) as info:
+        parse_client_request(body)
+    assert info.value.param == "input"
+    assert str(MAX_INPUT_ITEMS) in info.value.message
+    assert parse_client_request(
+        json.dumps({"model": "m", "input": [{}] * MAX_INPUT_ITEMS}).encode()
+    ).body["input"]
+
+
+def test_values_counts_every_json_value() -> None:
+    parsed = parse_client_request(
+        b'{"model": "m", "input": [{"role": "user", "content": [{"type": "t", "text": "x"}]}],'
+        b' "tools": [], "n": null}'
+    )
+    # body, model, input, item, role, content, part, type, text, tools, n
+    assert parsed.values == 11

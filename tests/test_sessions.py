@@ -128,12 +128,53 @@ def world() -> World:
 # -- owner_of ---------------------------------------------------------------------------------
 
 
-def test_same_credential_same_owner() -> None:
+def test_same_upgrade_same_owner() -> None:
     registry = Registry()
-    first = registry.owner_of([*ALICE, ("Content-Type", "application/json")])
-    second = registry.owner_of([("User-Agent", "x"), *ALICE])
+    # Headers the upgrade does not carry, and the per-request ones, do not tell owners apart.
+    first = registry.owner_of(
+        [*ALICE, ("Content-Type", "application/json"), ("X-Request-ID", "r1")]
+    )
+    second = registry.owner_of(
+        [
+            ("x-stainless-retry-count", "1"),
+            *ALICE,
+            ("Content-Length", "9"),
+            ("traceparent", "t"),
+            ("User-Agent", "OpenAI/Python 2.54.0"),
+            ("X-Stainless-Async", "false"),
+        ]
+    )
     assert first == second
     assert re.fullmatch(r"[0-9a-f]{24}", first)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("OpenAI-Project", "proj_b"),
+        ("OpenAI-Organization", "org_b"),
+        ("session_id", "sess-b"),
+        ("x-api-key", "other-client"),
+        ("x-goog-api-key", "k"),
+        ("Cookie", "s=1"),
+        ("X-Gateway-Tenant", "t2"),
+    ],
+)
+def test_any_other_upgrade_header_tells_owners_apart(extra: tuple[str, str]) -> None:
+    """A socket serves only requests that would have sent exactly its upgrade's headers."""
+    registry = Registry()
+    base = [*ALICE, ("OpenAI-Project", "proj_a")] if extra[0] != "OpenAI-Project" else ALICE
+    assert registry.owner_of(base) != registry.owner_of([*base, extra])
+    changed = [(name, value + "-x") for name, value in [*base, extra]]
+    assert registry.owner_of([*base, extra]) != registry.owner_of(changed)
+
+
+def test_the_route_to_the_upstream_tells_owners_apart() -> None:
+    registry = Registry()
+    assert registry.owner_of(ALICE, route="http://u:p@proxy:3128 ") != registry.owner_of(ALICE)
+    assert registry.owner_of(ALICE, route=" ('10.0.0.1', 443)") != registry.owner_of(
+        ALICE, route=" ('10.0.0.2', 443)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -146,6 +187,7 @@ def test_same_credential_same_owner() -> None:
         ([("api-key", "k1")], [("api-key", "k2")]),
         # The parts of the credential do not run together.
         ([("Authorization", "ab")], [("Authorization", "a"), ("ChatGPT-Account-ID", "b")]),
+        ([("x-a", "b:c")], [("x-a", "b"), ("c", "")]),
     ],
 )
 def test_different_credential_different_owner(

@@ -59,6 +59,14 @@ class IncomingRequest:
         return next((v for k, v in self.headers if k.lower() == lower), None)
 
 
+class ClientStalled(ConnectionError):
+    """The client read nothing for ``write_timeout`` seconds while more of its answer waited."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the client read nothing for {seconds:g} s")
+        self.seconds = seconds
+
+
 @dataclass
 class ResponseWriter:
     """Writes one HTTP/1.1 response: a whole JSON body, or a chunked stream."""
@@ -70,6 +78,9 @@ class ResponseWriter:
     bytes_sent: int = 0
     on_chunk: Callable[[bytes], None] | None = field(default=None, repr=False)
     chunked: bool = True  # False for an HTTP/1.0 request: the body ends when the connection does
+    # Seconds a write may wait for mitmproxy to take more (it stops reading when its client
+    # does); then the connection is dropped with ``ClientStalled``. None waits for ever.
+    write_timeout: float | None = None
 
     _unsent_head: bytes = field(default=b"", repr=False)
 
@@ -103,7 +114,7 @@ class ResponseWriter:
         self.started, self.finished, self.status = True, True, status
         self.stream.write(self._head(status, all_headers) + body)
         self.bytes_sent += len(body)
-        await self.stream.drain()
+        await self._drain()
 
     async def start_stream(self, status: int, headers: list[tuple[str, str]]) -> None:
         """Commit the status of a streamed response; its head goes out with the first chunk."""
@@ -117,7 +128,7 @@ class ResponseWriter:
         if not data:
             return
         self.stream.write(self._framed(data))
-        await self.stream.drain()
+        await self._drain()
 
     def abort(self) -> None:
         """Drop the connection to mitmproxy at once (the client has gone)."""
@@ -136,7 +147,23 @@ class ResponseWriter:
             self.stream.close()  # a close-delimited body ends here
             return
         self.stream.write(data + b"0\r\n\r\n")
-        await self.stream.drain()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        transport = self.stream.transport
+        # Below the low-water mark the transport is not paused and drain() returns at once: no
+        # timer for that (most writes), as arming one per chunk costs CPU on fast streams.
+        if self.write_timeout is None or (
+            transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[0]
+        ):
+            await self.stream.drain()
+            return
+        try:
+            async with asyncio.timeout(self.write_timeout):
+                await self.stream.drain()
+        except TimeoutError:
+            self.abort()
+            raise ClientStalled(self.write_timeout) from None
 
 
 Handler = Callable[[IncomingRequest, ResponseWriter], Awaitable[None]]
@@ -229,7 +256,11 @@ class LoopbackServer:
         except _BadRequest as exc:
             await response.send_json(
                 exc.status,
-                error_body(str(exc), "invalid_request_error"),
+                error_body(
+                    str(exc),
+                    "invalid_request_error",
+                    "request_too_large" if exc.status == 413 else None,
+                ),
                 [("connection", "close")],
             )
             return False

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as _library_connect
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
@@ -61,7 +62,14 @@ def describe_close(exc: ConnectionClosed) -> str:
     return text
 
 
-def _rejection_message(status: int, body: bytes) -> str:
+def _rejection_message(status: int, body: bytes, location: str | None = None) -> str:
+    if 300 <= status < 400:
+        target = f" to {location[:200]!r}" if location else ""
+        return (
+            f"The upstream answered the websocket upgrade with a redirect (HTTP {status}{target}); "
+            "the bridge does not follow redirects, so the request's headers stay with the "
+            "upstream it was sent to."
+        )
     detail = ""
     try:
         parsed = json.loads(body.decode("utf-8", errors="replace")) if body else None
@@ -104,6 +112,15 @@ def _proxy_address(proxy: str) -> str:
         return f"{parts.scheme}://{_bracketed(parts.hostname or '')}:{parts.port}"
     except ValueError:
         return "(an unparsable proxy URL)"
+
+
+class _ConnectWithoutRedirects(_library_connect):
+    """The library's ``connect`` without following redirects. A followed redirect would take
+    the upgrade's headers (API keys, account ids: the library strips only a few cross-origin)
+    to wherever the upstream points; a 3xx is an upstream error instead."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 class UpstreamSocket:
@@ -221,7 +238,7 @@ async def open_socket(
     if address is not None and proxy is None:
         dial = {"host": address[0], "port": address[1]}
     try:
-        connection = await connect(
+        connection = await _ConnectWithoutRedirects(
             url,
             additional_headers=list(headers),
             user_agent_header=None
@@ -246,7 +263,9 @@ async def open_socket(
     except InvalidStatus as exc:
         status = exc.response.status_code
         raise UpstreamRejected(
-            _rejection_message(status, bytes(exc.response.body or b"")),
+            _rejection_message(
+                status, bytes(exc.response.body or b""), exc.response.headers.get("Location")
+            ),
             status=status if 400 <= status <= 599 else 502,
         ) from exc
     except ssl.SSLCertVerificationError as exc:

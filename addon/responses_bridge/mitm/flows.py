@@ -32,6 +32,7 @@ from responses_bridge.protocol.encoding import decode_body
 from responses_bridge.protocol.errors import BridgeError
 from responses_bridge.protocol.request import (
     ClientRequest,
+    Destination,
     destination,
     host_matches,
     is_responses_path,
@@ -101,16 +102,14 @@ class BridgedFlows:
 
     # -- taking a flow -----------------------------------------------------------------------
 
-    def _take(self, flow: http.HTTPFlow, *, body: bool) -> bool:
-        """Decide whether ``flow``, as the other addons left it, is bridged; if so, record its
-        exchange and point it at the loopback server. ``body``: the request body is here."""
-        if flow.id in self.exchanges:
-            return True  # routed at requestheaders (a streamed body)
+    def _bridged_destination(self, flow: http.HTTPFlow) -> tuple[Config, Destination, str] | None:
+        """Where ``flow``, as the other addons left it, would be bridged to (its configuration,
+        destination and upstream URL), or None if the bridge leaves it alone."""
         if flow.response or flow.error or not flow.live or not ctx.options.responses_bridge:
-            return False
+            return None
         request = flow.request
         if request.method != "POST" or not is_responses_path(request.path):
-            return False
+            return None
         config = self._config()
         mode = flow.client_conn.proxy_mode
         target = destination(
@@ -124,13 +123,41 @@ class BridgedFlows:
             dialled=None if isinstance(mode, ReverseMode) else flow.server_conn.address,
         )
         if not host_matches(target.name, config.host_patterns):
+            return None
+        return config, target, config.upstream_override or target.url
+
+    def refuse_oversized(self, flow: http.HTTPFlow) -> None:
+        """At the end of ``requestheaders``: a bridged request whose ``Content-Length`` is over
+        ``max_body_bytes`` gets 413 without mitmproxy reading (and buffering) its body."""
+        declared = flow.request.headers.get("content-length", "")
+        if not declared.isdigit():
+            return
+        bridged = self._bridged_destination(flow)
+        if bridged is None:
+            return
+        limit = bridged[0].settings.max_body_bytes
+        if int(declared) <= limit:
+            return
+        # A response set here would wait until mitmproxy has buffered the whole body: streamed
+        # to the loopback server instead, the body meets a 413 there at its head.
+        flow.request.stream = True
+        self.route_streamed(flow)
+
+    def _take(self, flow: http.HTTPFlow, *, body: bool) -> bool:
+        """Decide whether ``flow``, as the other addons left it, is bridged; if so, record its
+        exchange and point it at the loopback server. ``body``: the request body is here."""
+        if flow.id in self.exchanges:
+            return True  # routed at requestheaders (a streamed body)
+        bridged = self._bridged_destination(flow)
+        if bridged is None:
             return False
+        config, target, upstream_url = bridged
+        request = flow.request
         if not self._is_running():
             logger.warning(
                 "responses-bridge: not running yet; %s passes through", request.pretty_url
             )
             return False
-        upstream_url = config.upstream_override or target.url
         if upstream_url in self.http_only:
             self.passed_through.add(flow)
             return False

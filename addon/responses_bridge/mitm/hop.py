@@ -1,7 +1,7 @@
 """The internal hop: pointing a bridged flow at the loopback server, last, and putting it back.
 
 mitmproxy streams only what a server sends, so a bridged flow is sent to the embedded loopback
-server (see ``server``). That redirect is done by ``Router``, an addon appended at the very end
+server (see ``io.loopback``). That redirect is done by ``Router``, an addon appended at the very end
 of mitmproxy's addon chain: every other addon and filter (block_list, modify_headers,
 map_remote, stickyauth, intercept, other scripts) has seen the request exactly as it would a
 pass-through flow, with its own scheme, host, port and headers, and has changed it as it liked,
@@ -103,6 +103,8 @@ class Routing(Protocol):
 
     def route_streamed(self, flow: http.HTTPFlow) -> None: ...
 
+    def refuse_oversized(self, flow: http.HTTPFlow) -> None: ...
+
     async def route(self, flow: http.HTTPFlow) -> None: ...
 
     def sent(self, flow: http.HTTPFlow) -> None: ...
@@ -150,8 +152,12 @@ class Router:
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # A streamed request body (stream_large_bodies) goes to its server right after these
         # hooks, before any request hook; the flow is back as it was once the head arrives.
-        if flow.request.stream and flow.response is None:
+        if flow.response is not None:
+            return
+        if flow.request.stream:
             self._routing.route_streamed(flow)
+        else:
+            self._routing.refuse_oversized(flow)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         # An interception (mitmweb, the intercept option) holds the flow after this hook: the

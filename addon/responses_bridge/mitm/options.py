@@ -56,6 +56,10 @@ OPTIONS: tuple[Option, ...] = (
            "previous_response_id on that chain's socket."),
     Option("responses_bridge_max_sessions", int, 64,
            "Most upstream sockets open at once (retained and in flight)."),
+    Option("responses_bridge_max_sessions_per_owner", int, 0,
+           "Most upstream sockets one owner (one set of credentials and identity headers) may "
+           "hold, so one client cannot take every socket; 0 leaves an eighth of max_sessions "
+           "to other owners."),
     Option("responses_bridge_warm_sockets", int, 1,
            "Upstream sockets opened ahead per credential and upstream, so a fresh request does "
            "not wait for a handshake (within max_sessions; closed after session_ttl idle)."),
@@ -69,6 +73,9 @@ OPTIONS: tuple[Option, ...] = (
            "Seconds after which a socket is not used again (the upstream ends them at 60 min)."),
     Option("responses_bridge_drain_timeout", str, "30",
            "Seconds to keep reading an answer whose client left, so its socket stays usable."),
+    Option("responses_bridge_write_timeout", str, "60",
+           "Seconds a client may read nothing of a streamed answer while more is waiting; then "
+           "its answer ends and the upstream socket is drained or closed."),
     Option("responses_bridge_transcript_max_bytes", int, 16 * MiB,
            "Largest transcript kept per chain for rehydration; a longer chain is not "
            "rehydrated."),
@@ -131,7 +138,9 @@ def upstream_ssl_context(
 ) -> ssl.SSLContext:
     """Verify upstream TLS exactly as mitmproxy's own upstream connections do (``ssl_insecure``,
     ``ssl_verify_upstream_trusted_ca``, ``ssl_verify_upstream_trusted_confdir``)."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=None)
+    # Not create_default_context: it adds the system's CAs, which mitmproxy never trusts (it
+    # uses certifi, or only the CA the user names).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if insecure:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -163,8 +172,9 @@ def parse(opts: Any) -> Config:
     ):
         if getattr(opts, name) <= 0:
             raise ValueError(f"{name} must be positive")
-    if opts.responses_bridge_warm_sockets < 0:
-        raise ValueError("responses_bridge_warm_sockets must be 0 or more")
+    for name in ("responses_bridge_warm_sockets", "responses_bridge_max_sessions_per_owner"):
+        if getattr(opts, name) < 0:
+            raise ValueError(f"{name} must be 0 or more")
     settings = Settings(
         connect_timeout=seconds(
             "responses_bridge_connect_timeout", opts.responses_bridge_connect_timeout
@@ -182,6 +192,9 @@ def parse(opts: Any) -> Config:
         drain_timeout=seconds(
             "responses_bridge_drain_timeout", opts.responses_bridge_drain_timeout
         ),
+        write_timeout=seconds(
+            "responses_bridge_write_timeout", opts.responses_bridge_write_timeout
+        ),
         ssl_context=upstream_ssl_context(
             insecure=opts.ssl_insecure,
             cafile=opts.ssl_verify_upstream_trusted_ca,
@@ -198,6 +211,7 @@ def parse(opts: Any) -> Config:
         transcripts_total_bytes=opts.responses_bridge_transcripts_total_bytes,
         keep_transcripts=opts.responses_bridge_rehydrate,
         warm_sockets=opts.responses_bridge_warm_sockets,
+        max_sessions_per_owner=opts.responses_bridge_max_sessions_per_owner or None,
     )
     return Config(
         host_patterns=parse_host_patterns(opts.responses_bridge_hosts),

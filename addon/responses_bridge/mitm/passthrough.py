@@ -18,10 +18,15 @@ logger = logging.getLogger("responses_bridge")
 
 
 class HttpOnly:
-    """Upstream URLs without a websocket mode, each until when it is passed through."""
+    """Upstream URLs without a websocket mode, each until when it is passed through. At most
+    ``max_entries`` are kept (clients choose the URLs), the expired and then the earliest
+    ending first out."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, *, max_entries: int = 1024
+    ) -> None:
         self.period = 600.0
+        self.max_entries = max_entries
         self._clock = clock
         self._until: dict[str, float] = {}
 
@@ -40,7 +45,15 @@ class HttpOnly:
                 if period
                 else "this request passes through over HTTP, the next one tries again",
             )
+        self._until.pop(upstream_url, None)
         self._until[upstream_url] = now + self.period
+        if len(self._until) > self.max_entries:
+            self._until = {url: t for url, t in self._until.items() if t > now}
+            while len(self._until) > self.max_entries:
+                del self._until[min(self._until, key=self._until.__getitem__)]
+
+    def __len__(self) -> int:
+        return len(self._until)
 
 
 class PassedThrough:
@@ -93,7 +106,7 @@ class PassedThrough:
 
 def is_event_stream(response: http.Response) -> bool:
     content_type: str = response.headers.get("content-type", "")
-    return content_type.startswith("text/event-stream")
+    return content_type.lower().startswith("text/event-stream")  # media types ignore case
 
 
 def drop_stream_callable(response: http.Response) -> None:

@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+MAX_ERROR_CODES = 64
+
 
 def flow_comment(
     socket_state: str, events: int, first_event_ms: float | None, duration_s: float
@@ -44,6 +46,10 @@ class Stats:
         if socket_state in ("new", "reused", "rehydrated", "forked", "chained"):
             setattr(self, socket_state, getattr(self, socket_state) + 1)
         if error_code:
+            # Codes come from upstreams too: a bounded set, the rest counted together.
+            error_code = error_code[:64]
+            if error_code not in self.errors and len(self.errors) >= MAX_ERROR_CODES:
+                error_code = "other"
             self.errors[error_code] += 1
 
     def as_dict(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 assembled answer, tool calls, errors), for bridged and non-bridged flows alike.
 
 mitmproxy 12 has the ``Contentview`` API; 11 has the older ``View`` class. ``make_view`` builds
-the right one; the text itself comes from the pure ``report.render_sse_text``.
+the right one; the text itself comes from the pure ``protocol.render.render_sse_text``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ response headers the bridge makes from what the upstream says. Pure."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,13 +35,48 @@ _NOT_FORWARDED = frozenset(
     }
 )
 
-# Who the upstream takes a request to be from: the headers an owner key is made of.
-IDENTITY_HEADERS = ("authorization", "chatgpt-account-id", "api-key")
-
-# Values the client may never see in logs.
-CREDENTIAL_HEADERS = frozenset(
-    {"authorization", "chatgpt-account-id", "cookie", "openai-api-key", "api-key", "x-api-key"}
+# Sent on the upgrade, but not part of whose socket it is: values that differ between requests
+# of the same client (request ids, tracing, retry counters, content negotiation) and the ones
+# that describe the client software rather than whose request it is (user agent, the SDKs'
+# x-stainless-* telemetry); the upstream authorises and bills on neither. A socket opened by one
+# request carries that request's values of these; for any other header, a request runs only on
+# a socket whose upgrade carried exactly the values it would have sent itself (``state.scope``).
+PER_REQUEST_HEADERS = frozenset(
+    {
+        "accept",  # content negotiation: a stream asks for text/event-stream
+        "user-agent",
+        "x-request-id",
+        "x-client-request-id",
+        "x-oai-request-id",
+        "idempotency-key",
+        "traceparent",
+        "tracestate",
+        "baggage",
+        "sentry-trace",
+        "x-stainless-retry-count",
+        "x-stainless-timeout",
+        "x-stainless-read-timeout",
+        "x-codex-turn-metadata",
+        "x-codex-turn-state",
+        "x-codex-inference-call-id",
+    }
 )
+
+# The only header values a log shows; every other value is ``<redacted>``, as any header can be
+# a credential (``x-goog-api-key``, ``ocp-apim-subscription-key``, a gateway's own).
+LOGGABLE_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-language",
+        "user-agent",
+        "openai-beta",
+        "originator",
+        "version",
+        *PER_REQUEST_HEADERS,
+    }
+)
+_PER_REQUEST_PREFIXES = ("x-stainless-",)
+_LOGGABLE_PREFIXES = _PER_REQUEST_PREFIXES
 
 
 def forwardable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -55,12 +91,28 @@ def forwardable_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, s
     return kept
 
 
+def is_loggable(name: str) -> bool:
+    """Whether a log may show this header's value (an allowlist: see ``LOGGABLE_HEADERS``)."""
+    lower = name.lower()
+    return lower in LOGGABLE_HEADERS or lower.startswith(_LOGGABLE_PREFIXES)
+
+
 def redact_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Headers fit for a log: credential values replaced by ``<redacted>``."""
-    return [
-        (name, "<redacted>" if name.lower() in CREDENTIAL_HEADERS else value)
-        for name, value in headers
+    """Headers fit for a log: every value not on the allowlist replaced by ``<redacted>``."""
+    return [(name, value if is_loggable(name) else "<redacted>") for name, value in headers]
+
+
+def identity_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What makes two upgrades interchangeable: every header ``forwardable_headers`` keeps of
+    ``headers`` but the per-request ones, names lowercased, in a canonical order (repeated
+    headers keep theirs)."""
+    kept = [
+        (name.lower(), value)
+        for name, value in forwardable_headers(headers)
+        if name.lower() not in PER_REQUEST_HEADERS
+        and not name.lower().startswith(_PER_REQUEST_PREFIXES)
     ]
+    return sorted(kept, key=lambda pair: pair[0])
 
 
 _WINDOW_FIELDS = {
@@ -72,12 +124,25 @@ _WINDOW_FIELDS = {
 }
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_MAX_RATE_LIMIT_HEADERS = 32
+
+
+def _token(key: Any) -> str | None:
+    """A field name fit for a header name (the upstream chooses it), dashed; else None."""
+    if isinstance(key, str) and _TOKEN.fullmatch(key):
+        return key.replace("_", "-").lower()
+    return None
+
+
 def _scalar(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float, str)):
         text = str(value)
-        return text if text.isprintable() and "\n" not in text else None
+        # Written into an HTTP/1.1 head: printable ASCII only, and short.
+        if len(text) <= 200 and text.isascii() and text.isprintable():
+            return text
     return None
 
 
@@ -93,14 +158,15 @@ def rate_limit_headers(event: dict[str, Any]) -> list[tuple[str, str]]:
         if not isinstance(details, dict):
             continue
         for key, value in details.items():
-            name = _WINDOW_FIELDS.get(key, key.replace("_", "-"))
+            name = _WINDOW_FIELDS.get(key) if isinstance(key, str) else None
+            name = name or _token(key)
             text = _scalar(value)
-            if text is not None:
+            if name is not None and text is not None:
                 headers.append((f"x-codex-{window}-{name}", text))
     credits = event.get("credits")
     if isinstance(credits, dict):
         for key, value in credits.items():
-            text = _scalar(value)
-            if text is not None:
-                headers.append((f"x-codex-credits-{key.replace('_', '-')}", text))
-    return headers
+            name, text = _token(key), _scalar(value)
+            if name is not None and text is not None:
+                headers.append((f"x-codex-credits-{name}", text))
+    return headers[:_MAX_RATE_LIMIT_HEADERS]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -132,6 +132,13 @@ def chatgpt_compat_enabled(mode: str, upstream_url: str) -> bool:
     return is_chatgpt_upstream(upstream_url)
 
 
+# Bounds on a body's shape, checked before any other work on it: deeper nesting would end in
+# a RecursionError in the code that reads it, and every item costs work (digests, transcripts)
+# on mitmproxy's one thread before the upstream has said whether the request is authorised.
+MAX_DEPTH = 100
+MAX_INPUT_ITEMS = 100_000
+
+
 @dataclass(frozen=True)
 class ClientRequest:
     """A validated ``POST /v1/responses`` body and the fields the bridge reads from it."""
@@ -140,6 +147,32 @@ class ClientRequest:
     stream: bool
     previous_response_id: str | None
     store: bool | None
+    # JSON values (objects, arrays, scalars) in the body: what it costs in memory.
+    values: int = field(default=0, compare=False)
+
+
+_CONTAINERS = frozenset({dict, list})
+
+
+def _count_values(body: dict[str, Any]) -> int:
+    """How many JSON values ``body`` holds; ``InvalidRequest`` past ``MAX_DEPTH``. Level by
+    level: it costs less than parsing the body did, even for millions of tiny objects."""
+    values = 1
+    level: list[Any] = [body]
+    depth = 1
+    while level:
+        if depth > MAX_DEPTH:
+            raise InvalidRequest(
+                f"The request body nests deeper than {MAX_DEPTH} levels.", code="invalid_json"
+            )
+        below: list[Any] = []
+        for value in level:
+            children = value.values() if type(value) is dict else value
+            values += len(children)
+            below += [child for child in children if type(child) in _CONTAINERS and child]
+        level = below
+        depth += 1
+    return values
 
 
 def _type_error(field: str, expected: str) -> InvalidRequest:
@@ -190,10 +223,20 @@ def parse_client_request(raw: bytes, *, max_bytes: int | None = None) -> ClientR
         raise _type_error("store", "a boolean")
     if "input" in body and not isinstance(body["input"], (str, list)) and body["input"] is not None:
         raise _type_error("input", "a string or an array of input items")
+    if isinstance(body.get("input"), list) and len(body["input"]) > MAX_INPUT_ITEMS:
+        raise InvalidRequest(
+            f"'input' has {len(body['input'])} items; this bridge accepts at most "
+            f"{MAX_INPUT_ITEMS}.",
+            code="array_above_max_length",
+            param="input",
+        )
+    values = _count_values(body)
     background = body.get("background")
     if background is not None and not isinstance(background, bool):
         raise _type_error("background", "a boolean")
-    return ClientRequest(body=body, stream=bool(stream), previous_response_id=previous, store=store)
+    return ClientRequest(
+        body=body, stream=bool(stream), previous_response_id=previous, store=store, values=values
+    )
 
 
 def build_create_frame(body: dict[str, Any], *, chatgpt_compat: bool) -> dict[str, Any]:

@@ -99,11 +99,13 @@ def _has_numbers(value: Any) -> bool:
 
 
 @dataclass
-class _Remembered:
+class Digested:
+    """A request's input items with their digests (see ``DigestMemo``)."""
+
     items: Sequence[Any]
     digests: list[str]
     plain: list[bool]  # per item: no numbers or booleans inside, so ``==`` is exact for it
-    size: int
+    size: int = 0  # the memory it holds, once remembered
 
     def shared_prefix(self, items: Sequence[Any]) -> int:
         """How many leading items of ``items`` are the same JSON as these."""
@@ -114,6 +116,17 @@ class _Remembered:
         return min(len(self.items), len(items))
 
 
+# Python objects of parsed JSON take more memory than their text: about 70 bytes a value
+# (an object, array, string or number) over the text itself (measured with tracemalloc on
+# bodies of small items and of long texts).
+BYTES_PER_VALUE = 72
+
+
+def parsed_size(text_bytes: int, values: int) -> int:
+    """The memory a parsed JSON body of ``text_bytes`` holding ``values`` values takes, roughly."""
+    return text_bytes + BYTES_PER_VALUE * values
+
+
 class DigestMemo:
     """The item digests of recent full-history requests, reused for the items a new request
     repeats exactly. Such a client resends its whole history every turn; comparing it with
@@ -121,18 +134,19 @@ class DigestMemo:
     histories that digest was the largest part of the turn's own cost.
 
     Keyed by a scope (owner, upstream, fields fingerprint); at most ``per_scope`` requests a
-    scope and ``max_bytes`` of request bodies in all, least recently used dropped first."""
+    scope and ``max_bytes`` of parsed requests (their memory, see ``parsed_size``) in all,
+    least recently used dropped first. Only requests the upstream accepted are remembered."""
 
     def __init__(self, *, max_bytes: int = 32 * 1024 * 1024, per_scope: int = 4) -> None:
         self.max_bytes = max_bytes
         self.per_scope = per_scope
         self.bytes = 0
-        self._scopes: OrderedDict[Hashable, list[_Remembered]] = OrderedDict()
+        self._scopes: OrderedDict[Hashable, list[Digested]] = OrderedDict()
 
-    def item_digests(self, scope: Hashable, items: Sequence[Any], size: int) -> list[str]:
-        """``item_digests(items)``, reusing what an earlier request of ``scope`` shares with
-        them; ``size`` (the request body's length) is what remembering them costs."""
-        best: _Remembered | None = None
+    def digests(self, scope: Hashable, items: Sequence[Any]) -> Digested:
+        """``item_digests(items)``, reusing what a remembered request of ``scope`` shares with
+        them; nothing is remembered (see ``remember``)."""
+        best: Digested | None = None
         shared = 0
         for entry in self._scopes.get(scope, []):
             if len(entry.items) > shared:
@@ -145,21 +159,28 @@ class DigestMemo:
         if best is not None:
             digests = best.digests[:shared] + digests
             plain = best.plain[:shared] + plain
-        self._remember(scope, _Remembered(items, digests, plain, size))
-        return digests
+        return Digested(items, digests, plain)
 
-    def _remember(self, scope: Hashable, entry: _Remembered) -> None:
-        if entry.size > self.max_bytes // 4:
+    def remember(self, scope: Hashable, digested: Digested, size: int) -> None:
+        """Keep ``digested`` for the next request of ``scope``; ``size`` is its memory."""
+        if size > self.max_bytes // 4:
             return  # one huge request would push out everything else
+        digested.size = size
         remembered = self._scopes.pop(scope, [])
-        remembered.insert(0, entry)
-        self.bytes += entry.size
+        remembered.insert(0, digested)
+        self.bytes += size
         for dropped in remembered[self.per_scope :]:
             self.bytes -= dropped.size
         self._scopes[scope] = remembered[: self.per_scope]
         while self.bytes > self.max_bytes:
             _scope, oldest = self._scopes.popitem(last=False)
             self.bytes -= sum(e.size for e in oldest)
+
+    def item_digests(self, scope: Hashable, items: Sequence[Any], size: int) -> list[str]:
+        """``digests`` and ``remember`` in one (a request already accepted)."""
+        digested = self.digests(scope, items)
+        self.remember(scope, digested, size)
+        return digested.digests
 
 
 def fields_fingerprint(body: dict[str, Any]) -> str:

@@ -18,6 +18,15 @@ class Limits:
     keep_transcripts: bool = True
     warm_sockets: int = 1  # pre-opened sockets kept per owner and upstream for fresh requests
     max_chains: int | None = None  # default: 8 * max_sessions
+    max_sessions_per_owner: int | None = None  # default: all but an eighth of max_sessions
+
+    @property
+    def owner_share(self) -> int:
+        """Most sockets one owner may hold at once. By default an eighth of the capacity (none
+        below 8 sockets) is left to other owners: a single user still gets nearly all of it."""
+        if self.max_sessions_per_owner is not None:
+            return min(self.max_sessions_per_owner, self.max_sessions)
+        return max(1, self.max_sessions - self.max_sessions // 8)
 
     @property
     def chain_capacity(self) -> int:

@@ -2,13 +2,17 @@
 
 Capacity counts every open socket (retained and in flight, plus those being connected); when it
 is reached, a fresh request closes the least recently used idle socket (another pool's warm one
-first), or is refused with ``CapacityExceeded``. Which response an idle socket holds is
+first), or is refused with ``CapacityExceeded``. Each owner may hold at most its share of
+the capacity (``Limits.owner_share``), so one client, however many streams it starts or
+stalls, leaves room for the others; past it, the owner's own idle sockets make way, or it is
+refused. Which response an idle socket holds is
 ``routes``' business: the pool asks it for the idle sockets and tells it when one goes.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -63,6 +67,7 @@ class Pool:
         self._on_forget = on_forget
         self.sessions: set[Session] = set()
         self._connecting = 0
+        self._connecting_for: Counter[str] = Counter()  # by owner
         self._closing: set[asyncio.Task[None]] = set()
         self._warm: dict[tuple[str, str], list[Session]] = {}
         self._warming: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -102,6 +107,16 @@ class Pool:
             warm = self._take_warm(key)
         if warm is not None:
             return warm
+        share = self.limits.owner_share
+        while self._over_share(owner):
+            own = self._least_recent_idle(owner=owner)
+            if own is None:
+                raise CapacityExceeded(
+                    f"This client's {share} upstream sockets are all busy "
+                    "(responses_bridge_max_sessions_per_owner); retry shortly.",
+                    headers={"retry-after": "1"},
+                )
+            self.close_soon(own)
         while len(self.sessions) + self._connecting >= self.limits.max_sessions:
             idle = self._least_recent_idle()
             if idle is None:
@@ -113,12 +128,24 @@ class Pool:
             self.close_soon(idle)
         return await self._connect(owner, upstream, connect)
 
+    def _over_share(self, owner: str) -> bool:
+        share = self.limits.owner_share
+        return share < self.limits.max_sessions and self.held_by(owner) >= share
+
+    def held_by(self, owner: str) -> int:
+        """The sockets ``owner`` holds: open (idle, warm or in flight) or being connected."""
+        return self._connecting_for[owner] + sum(s.owner == owner for s in self.sessions)
+
     async def _connect(self, owner: str, upstream: str, connect: Connect) -> Session:
         self._connecting += 1
+        self._connecting_for[owner] += 1
         try:
             socket = await connect()
         finally:
             self._connecting -= 1
+            self._connecting_for[owner] -= 1
+            if not self._connecting_for[owner]:
+                del self._connecting_for[owner]
         now = self.clock()
         session = Session(socket, owner, upstream, opened_at=now, last_used=now)
         self.sessions.add(session)
@@ -140,30 +167,50 @@ class Pool:
         task.add_done_callback(lambda _t: self._warming.pop(key, None))
 
     async def _fill_warm(self, key: tuple[str, str], connect: Connect) -> None:
-        pool = self._warm.setdefault(key, [])
-        while len(pool) < self.limits.warm_sockets:
+        # Looked up afresh each time: a request may take the last warm socket meanwhile, and
+        # the emptied pool's entry goes.
+        while len(self._warm.get(key, ())) < self.limits.warm_sockets:
+            if self._over_share(key[0]):
+                break
             if len(self.sessions) + self._connecting >= self.limits.max_sessions:
                 victim = self._least_recent_idle(exclude=key) if self._owed.get(key) else None
                 if victim is None:
-                    return
+                    break
                 self.close_soon(victim)
             self._owed[key] = max(0, self._owed.get(key, 0) - 1)
             try:
                 session = await self._connect(key[0], key[1], connect)
             except Exception:  # a failed warm-up only costs the next request its handshake
-                return
+                break
             session.busy = False
-            pool.append(session)
+            self._warm.setdefault(key, []).append(session)
+        self._drop_if_empty(key)
+
+    def _drop_if_empty(self, key: tuple[str, str]) -> None:
+        """Forget a pool with no warm socket and nothing owed: one entry per (owner, upstream)
+        ever seen would grow without bound."""
+        if not self._warm.get(key):
+            self._warm.pop(key, None)
+        if not self._owed.get(key):
+            self._owed.pop(key, None)
 
     def warm_sessions(self) -> list[Session]:
         return [session for pool in self._warm.values() for session in pool]
 
-    def _least_recent_idle(self, exclude: tuple[str, str] | None = None) -> Session | None:
+    def _least_recent_idle(
+        self, exclude: tuple[str, str] | None = None, owner: str | None = None
+    ) -> Session | None:
         """The idle socket to close for room: another pool's warm socket first, then the least
-        recently used retained one."""
-        warm = [s for k, pool in self._warm.items() if k != exclude for s in pool]
+        recently used retained one; only ``owner``'s, if given."""
+        warm = [
+            s
+            for k, pool in self._warm.items()
+            if k != exclude and (owner is None or k[0] == owner)
+            for s in pool
+        ]
+        retained = [s for s in self._retained() if owner is None or s.owner == owner]
         return min(warm, key=lambda s: s.last_used, default=None) or min(
-            self._retained(), key=lambda s: s.last_used, default=None
+            retained, key=lambda s: s.last_used, default=None
         )
 
     def _take_warm(self, key: tuple[str, str]) -> Session | None:
@@ -174,8 +221,11 @@ class Pool:
                 self._owed[key] = min(self.limits.warm_sockets, self._owed.get(key, 0) + 1)
                 session.busy = True
                 session.last_used = self.clock()
+                if not pool:
+                    self._warm.pop(key, None)
                 return session
             self.close_soon(session)
+        self._warm.pop(key, None)
         return None
 
     # -- closing -----------------------------------------------------------------------------
@@ -183,9 +233,12 @@ class Pool:
     def forget(self, session: Session) -> None:
         """``session`` is no longer available (it is being closed)."""
         self.sessions.discard(session)
-        pool = self._warm.get((session.owner, session.upstream))
+        key = (session.owner, session.upstream)
+        pool = self._warm.get(key)
         if pool is not None and session in pool:
             pool.remove(session)
+            if not pool:
+                del self._warm[key]
         self._on_forget(session)
 
     def close_soon(self, session: Session) -> None:

@@ -9,6 +9,7 @@ it, so this index is what lets a follow-up reach that state.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 from responses_bridge.state.pool import Session
 
@@ -22,6 +23,9 @@ class Routes:
         self._idle: dict[str, Session] = {}  # response id -> idle session
         self._in_flight_from: dict[str, Session] = {}
         self._heads: dict[tuple[str, str, ChainKey], Session] = {}
+        # How many heads each (owner, upstream, fields fingerprint) has: a request with none
+        # can continue nothing, so its input is not digested before the upstream accepts it.
+        self._fingerprints: Counter[tuple[str, str, str]] = Counter()
         # Responses being generated (announced by response.created, turn not yet ended): a
         # continuation that arrives meanwhile waits for the turn instead of finding nothing.
         self._producing: dict[str, tuple[Session, asyncio.Event]] = {}
@@ -44,8 +48,13 @@ class Routes:
         session.response_id = response_id
         self._idle[response_id] = session
         if chain_key is not None:
+            self._unindex_head(session)
+            displaced = self._heads.get((session.owner, session.upstream, chain_key))
+            if displaced is not None:
+                self._unindex_head(displaced)
             session.chain_key = chain_key
             self._heads[(session.owner, session.upstream, chain_key)] = session
+            self._fingerprints[(session.owner, session.upstream, chain_key[0])] += 1
 
     def take(self, session: Session, response_id: str) -> None:
         """``session`` leaves the idle index for a turn that continues ``response_id``."""
@@ -58,6 +67,10 @@ class Routes:
         """The idle session whose chain a full-history request with this prefix continues."""
         return self._heads.get((owner, upstream, key))
 
+    def has_heads(self, owner: str, upstream: str, fingerprint: str) -> bool:
+        """Whether any idle session of this owner continues a chain with this fingerprint."""
+        return self._fingerprints[(owner, upstream, fingerprint)] > 0
+
     def forget(self, session: Session) -> None:
         """Drop every index entry of ``session``."""
         self._unindex_head(session)
@@ -69,11 +82,16 @@ class Routes:
             entry = (session.owner, session.upstream, session.chain_key)
             if self._heads.get(entry) is session:
                 del self._heads[entry]
+                scope = (session.owner, session.upstream, session.chain_key[0])
+                self._fingerprints[scope] -= 1
+                if self._fingerprints[scope] <= 0:
+                    del self._fingerprints[scope]
             session.chain_key = None
 
     def clear(self) -> None:
         self._idle.clear()
         self._heads.clear()
+        self._fingerprints.clear()
 
     # -- in flight ---------------------------------------------------------------------------
 

@@ -70,9 +70,10 @@ class Registry:
         # Input digests of recent full-history requests, so the next one digests only what is new.
         self.digest_memo = DigestMemo()
 
-    def owner_of(self, headers: Iterable[tuple[str, str]]) -> str:
-        """The owner key of a request with these headers (see ``scope``)."""
-        return self.owners.owner_of(headers)
+    def owner_of(self, headers: Iterable[tuple[str, str]], *, route: str = "") -> str:
+        """The owner key of a request with these headers, reaching the upstream by ``route``
+        (see ``scope``)."""
+        return self.owners.owner_of(headers, route=route)
 
     # -- routing -----------------------------------------------------------------------------
 

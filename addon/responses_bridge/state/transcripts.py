@@ -103,7 +103,7 @@ class Transcripts:
         size = own_bytes + (parent.total_bytes if parent is not None else 0)
         kept = (
             parent.segment is not None if parent is not None else not continues
-        ) and size <= self.limits.transcript_max_bytes
+        ) and size <= min(self.limits.transcript_max_bytes, self.limits.transcripts_total_bytes)
         node = ChainNode(
             response_id,
             owner,

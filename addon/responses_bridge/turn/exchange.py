@@ -4,14 +4,17 @@ inspection), and the client side, which may leave at any time (then the answer i
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from responses_bridge.io.loopback import ResponseWriter
+from responses_bridge.io.loopback import ClientStalled, ResponseWriter
 from responses_bridge.protocol.request import ClientRequest
+
+logger = logging.getLogger(__name__)
 
 SSE_HEADERS = [
     ("content-type", "text/event-stream; charset=utf-8"),
@@ -27,6 +30,7 @@ class Settings:
     connect_timeout: float = 15.0
     idle_timeout: float = 300.0
     drain_timeout: float = 30.0
+    write_timeout: float = 60.0  # a streaming client reading nothing while more waits
     chatgpt_compat: str = "auto"
     forward_vendor_events: bool = False
     keepalive: float = 15.0  # seconds of upstream silence before an SSE comment; 0 = off
@@ -181,6 +185,8 @@ class ClientSink:
         # What the sink needs of its exchange, not the exchange itself: the exchange holds the
         # sink, and a cycle would leave both (and the turn's events) to the garbage collector.
         self._drain_timeout = exchange.settings.drain_timeout
+        self._write_timeout = exchange.settings.write_timeout
+        self.stalled = False  # the client stopped reading (see ResponseWriter.write_timeout)
         self._dispatched = exchange.dispatched
         self.writer: ResponseWriter | None = None
         self.gone = False
@@ -212,6 +218,7 @@ class ClientSink:
         """Connect the loopback response this sink writes to."""
         self.writer = writer
         writer.on_chunk = self.on_chunk
+        writer.write_timeout = self._write_timeout
         if self.gone:
             writer.abort()
         self._attached.set()
@@ -247,6 +254,13 @@ class ClientSink:
             return
         try:
             await write(writer)
+        except ClientStalled as exc:
+            logger.warning(
+                "responses-bridge: %s (responses_bridge_write_timeout); its answer ends here",
+                exc,
+            )
+            self.stalled = True
+            self.leave()
         except (ConnectionError, OSError):
             self.leave()
 

@@ -20,7 +20,14 @@ from responses_bridge.protocol.request import (
     input_items,
     rehydrated_frame,
 )
-from responses_bridge.state.chaining import DigestMemo, candidate_keys, fields_fingerprint
+from responses_bridge.state.chaining import (
+    Digested,
+    candidate_keys,
+    chain_key,
+    fields_fingerprint,
+    item_digests,
+    parsed_size,
+)
 from responses_bridge.state.pool import Session
 from responses_bridge.state.sessions import Registry, Route
 from responses_bridge.state.transcripts import ChainNode
@@ -39,7 +46,11 @@ class Turn:
     previous_id: str | None
     upstream_resolves: bool  # store: true on a non-ChatGPT upstream: unknown ids may resolve
     fingerprint: str | None = None  # automatic chaining, when the request is eligible
-    digests: list[str] | None = None
+    scope: tuple[str, str, str] | None = None  # (owner, upstream, fingerprint)
+    # The input's digests, worked out before the upstream is asked only when a chain of this
+    # scope is held (otherwise the request can continue nothing).
+    digested: Digested | None = None
+    memory: int = 0  # what the parsed request takes in memory (the digest memo's cost)
 
 
 @dataclass
@@ -64,10 +75,11 @@ def turn(
     settings: Settings,
     *,
     upstream: str,
-    memo: DigestMemo,
+    registry: Registry,
     body_size: int,
 ) -> Turn:
-    """Work out a request once (its input digests reuse what ``memo`` has of earlier ones)."""
+    """Work out a request once (its input digests reuse what the registry's memo has of
+    earlier ones)."""
     raw_input = client.body.get("input")
     turn = Turn(
         frame=build_create_frame(client.body, chatgpt_compat=compat),
@@ -75,14 +87,16 @@ def turn(
         owner=owner,
         previous_id=client.previous_response_id,
         upstream_resolves=not compat and client.store is not False,
+        memory=parsed_size(body_size, client.values),
     )
     eligible_input = isinstance(raw_input, str) or (
         isinstance(raw_input, list) and all(isinstance(item, dict) for item in raw_input)
     )
     if settings.auto_chain and settings.stateful and turn.previous_id is None and eligible_input:
         turn.fingerprint = fields_fingerprint(turn.frame)
-        scope = (owner, upstream, turn.fingerprint)
-        turn.digests = memo.item_digests(scope, turn.new_items, body_size)
+        turn.scope = (owner, upstream, turn.fingerprint)
+        if registry.routes.has_heads(*turn.scope):
+            turn.digested = registry.digest_memo.digests(turn.scope, turn.new_items)
     return turn
 
 
@@ -107,15 +121,28 @@ def remember(
     return response_id
 
 
+def accepted_chain_key(
+    registry: Registry, turn: Turn, folder: ResponseFolder
+) -> tuple[str, int, str] | None:
+    """The automatic-chaining key of a completed turn's socket, and the input's digests
+    remembered for the next request; None when the turn is not eligible."""
+    if turn.scope is None or turn.fingerprint is None:
+        return None
+    memo = registry.digest_memo
+    digested = turn.digested or memo.digests(turn.scope, turn.new_items)
+    memo.remember(turn.scope, digested, turn.memory)
+    return chain_key(turn.fingerprint, digested.digests + item_digests(folder.done_items()))
+
+
 def first_plan(registry: Registry, exchange: Exchange, turn: Turn) -> Plan:
     upstream = exchange.upstream_url
     previous_id = turn.previous_id
     fresh = Plan(turn.frame, "new", turn.new_items, continues=previous_id is not None)
     if previous_id is None:
-        if turn.digests is None or turn.fingerprint is None:
+        if turn.digested is None or turn.fingerprint is None:
             return fresh
         match = registry.route_auto(
-            turn.owner, upstream, candidate_keys(turn.fingerprint, turn.digests)
+            turn.owner, upstream, candidate_keys(turn.fingerprint, turn.digested.digests)
         )
         if match is None:
             return fresh

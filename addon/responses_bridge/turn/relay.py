@@ -39,7 +39,6 @@ from responses_bridge.protocol.headers import (
     redact_headers,
 )
 from responses_bridge.protocol.request import chatgpt_compat_enabled, parse_client_request
-from responses_bridge.state.chaining import chain_key, item_digests
 from responses_bridge.state.sessions import Registry
 from responses_bridge.turn import planning
 from responses_bridge.turn.exchange import ClientSink, Exchange
@@ -79,19 +78,20 @@ async def answer(
         if client.stream:
             sink.stream_chunks_to(exchange.sse_body.extend)  # kept for the flow once it finishes
         compat = chatgpt_compat_enabled(settings.chatgpt_compat, exchange.upstream_url)
+        upgrade_headers = forwardable_headers(request.headers)
         turn = planning.turn(
             client,
             compat,
-            registry.owner_of(request.headers),
+            registry.owner_of(upgrade_headers, route=_route_of(exchange)),
             settings,
             upstream=exchange.upstream_url,
-            memo=registry.digest_memo,
+            registry=registry,
             body_size=body_size,
         )
         connect = partial(
             open_socket,
             exchange.upstream_url,
-            forwardable_headers(request.headers),
+            upgrade_headers,
             connect_timeout=settings.connect_timeout,
             ssl_context=settings.ssl_context,
             proxy=settings.proxy,
@@ -101,7 +101,7 @@ async def answer(
             logger.debug(
                 "responses-bridge: upstream %s, upgrade headers %s",
                 exchange.upstream_url,
-                redact_headers(forwardable_headers(request.headers)),
+                redact_headers(upgrade_headers),
             )
         # A follow-up of a response still being generated (a client that left mid-stream and
         # continued at once) waits for it rather than finding nothing.
@@ -162,10 +162,8 @@ async def answer(
                     retain_as = lease.retain_as = planning.remember(
                         registry, exchange, turn, plan, folder
                     )
-                    if retain_as is not None and turn.digests is not None:
-                        assert turn.fingerprint is not None
-                        outputs = item_digests(folder.done_items())
-                        lease.chain_key = chain_key(turn.fingerprint, turn.digests + outputs)
+                    if retain_as is not None:
+                        lease.chain_key = planning.accepted_chain_key(registry, turn, folder)
             finally:
                 attempt["socket_end"] = (
                     {"retained_as": retain_as} if retain_as else socket.end_state()
@@ -186,6 +184,12 @@ async def answer(
         exchange.dispatched.set()
         exchange.status = sink.status
         exchange.finished = time.monotonic()
+
+
+def _route_of(exchange: Exchange) -> str:
+    """How this exchange's socket reaches the upstream (part of whose socket it is): the
+    upstream proxy with its credentials and the address dialled, if any."""
+    return f"{exchange.settings.proxy or ''} {exchange.upstream_address or ''}"
 
 
 def _bridge_headers(exchange: Exchange) -> list[tuple[str, str]]:
