@@ -44,7 +44,7 @@ class Settings:
 
 @dataclass
 class Exchange:
-    """One bridged request: recorded by the addon in ``requestheaders``, filled in as it runs."""
+    """One bridged request: recorded when the addon takes its flow, filled in as it runs."""
 
     flow_id: str
     upstream_url: str
