@@ -166,8 +166,8 @@ class ResponsesBridge:
 
     @command.command("responses_bridge.sessions")
     def sessions(self) -> str:
-        """List retained upstream sessions (JSON lines: response id, owner fingerprint,
-        upstream, age, idle time, turns, transcript size)."""
+        """List upstream sessions (JSON lines: response id, owner fingerprint, upstream, socket,
+        lane in use, age, idle time, turns, transcript size)."""
         return "\n".join(json.dumps(row) for row in self._registry.snapshot())
 
     @command.command("responses_bridge.close")
@@ -178,11 +178,12 @@ class ResponsesBridge:
 
     @command.command("responses_bridge.stats")
     def stats(self) -> str:
-        """Counters: requests, streamed, reused, rehydrated, forked, errors by kind, bytes."""
+        """Counters: requests, streamed, reused, rehydrated, forked, errors by kind, bytes; open
+        sockets, lanes in use and retained chains per socket."""
         return json.dumps(
             {
                 **self._stats.as_dict(),
-                "open_sockets": self._registry.open_sockets,
+                **self._registry.socket_stats(),
                 "transcript_bytes": self._registry.transcript_bytes,
             }
         )

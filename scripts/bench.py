@@ -23,7 +23,11 @@ Figures (medians over the runs, with min and max):
    bridge and direct send only the new turn, passthrough re-sends the whole context every turn;
    and each proxy's CPU per turn (from ``/proc``, in 10 ms ticks: about ±0.5 ms a turn);
 4. 100 concurrent streams: all complete? p50/p99 time to first delta;
-5. memory: mitmdump's RSS per retained idle session, over 500 sessions.
+5. memory: mitmdump's RSS per retained idle session, over 500 sessions;
+6. lanes, with and without (``responses_bridge_lanes=false``) in one run, against a fake with a
+   150 ms handshake: upstream sockets opened for 100 concurrent conversations of one key, time
+   to first delta of each of a burst of 8 fresh requests sent at once after one warm-up
+   request, and the proxy's CPU per fresh request over 40 sequential ones.
 
 Prints a table and the command line, writes ``bench.json`` and ``bench.png`` (figures 1-3) to
 ``--out`` (default ``docs/``). ``--quick`` is a smoke check (about 40 s); the default run takes
@@ -398,7 +402,8 @@ class Config:
     tmp: Path
     confdir: Path
     script: Path = ADDON
-    figures: str = "12345"
+    figures: str = "123456"
+    lane_runs: int = 3
     bridge_set: tuple[str, ...] = ()
     commands: dict[str, str] = field(default_factory=dict)
 
@@ -725,6 +730,79 @@ async def _fill_sessions(cfg: Config, mode: str, proxy: Mitmdump) -> Json:
     }
 
 
+LANE_VARIANTS = {"lanes": (), "no_lanes": ("responses_bridge_lanes=false",)}
+
+
+async def figure_lanes(cfg: Config) -> Json:
+    """Figure 6: what lanes change for one key's many conversations (see the docstring)."""
+    fake = FakeProcess(handshake_delay=0.15, input_cost=0.0, log=cfg.tmp / "fake.log")
+    reverse = ["--mode", f"reverse:http://127.0.0.1:{fake.port}"]
+    proxies: dict[str, Mitmdump] = {}
+    samples: dict[str, dict[str, list[float]]] = {
+        v: {"sockets_for_100": [], "burst_ttfd_p50_ms": [], "burst_ttfd_max_ms": [],
+            "cpu_ms_per_fresh": []}
+        for v in LANE_VARIANTS
+    }  # fmt: skip
+    stats_url = f"http://127.0.0.1:{fake.port}/fake-stats"
+
+    async def connections() -> int:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            return int((await http.get(stats_url)).json()["connections"])
+
+    async def fresh(url: str, text: str) -> Result:
+        client = Client("bridge", url, pool=1)
+        try:
+            return await client.turn(request_body([user_message(text)]))
+        finally:
+            await client.close()
+
+    try:
+        for variant, options in LANE_VARIANTS.items():
+            args = [*reverse, "--set", "responses_bridge_max_sessions=2000"]
+            for option in (*cfg.bridge_set, *options):
+                args += ["--set", option]
+            proxies[variant] = await asyncio.to_thread(
+                Mitmdump, args, cfg.confdir, addon=True, script=cfg.script
+            )
+        for run in range(cfg.lane_runs):
+            order = list(LANE_VARIANTS)[:: 1 if run % 2 == 0 else -1]
+            for variant in order:
+                proxy = proxies[variant]
+                url = f"{proxy.base_url}/responses"
+                got = samples[variant]
+                before = await connections()
+                await asyncio.gather(
+                    *(fresh(url, f"Conversation {run}-{i}. fake:deltas=8") for i in range(100))
+                )
+                got["sockets_for_100"].append(await connections() - before)
+                await fresh(url, f"Warm-up {run}. fake:deltas=8")
+                await asyncio.sleep(0.5)  # the warm pool, where there is one, is refilled
+                burst = await asyncio.gather(
+                    *(fresh(url, f"Burst {run}-{i}. fake:deltas=8") for i in range(8))
+                )
+                ttfd = [r.ttfd * 1000 for r in burst]
+                got["burst_ttfd_p50_ms"].append(percentile(ttfd, 0.5))
+                got["burst_ttfd_max_ms"].append(max(ttfd))
+                cpu_before = cpu_seconds(proxy.process.pid)
+                for index in range(40):
+                    await fresh(url, f"Sequential {run}-{index}. fake:deltas=8")
+                    await asyncio.sleep(0.02)
+                spent = cpu_seconds(proxy.process.pid) - cpu_before
+                got["cpu_ms_per_fresh"].append(spent * 1000 / 40)
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+        fake.stop()
+    return {
+        "handshake_ms": 150,
+        "runs": cfg.lane_runs,
+        "variants": {
+            v: {key: summary(values) for key, values in got.items()} for v, got in samples.items()
+        },
+        "raw": samples,
+    }
+
+
 def target(st: Stack, mode: str) -> str:
     return st.fake.ws_url if mode == "direct" else st.url(mode)
 
@@ -779,6 +857,7 @@ async def run_all(cfg: Config) -> Json:
             f"figure 5: memory over {cfg.sessions} idle sessions",
             lambda: figure_memory(cfg),
         ),
+        ("6_lanes", "figure 6: lanes and no lanes", lambda: figure_lanes(cfg)),
     ]
     results: Json = {}
     for key, title, make in figures:
@@ -946,6 +1025,19 @@ def table(results: Json) -> tuple[str, list[Json]]:
             f"RSS {b['rss_before_kib'] / 1024:.0f}->{b['rss_after_kib'] / 1024:.0f} MiB, "
             f"+{b['open_fds_added']} fds"
         )
+    lanes = results.get("6_lanes", {}).get("variants")
+    if lanes:
+        lines += ["", f"{'figure 6 (150 ms handshake)':34} {'lanes':26} {'no lanes':26}"]
+        for key, label, unit, digits in (
+            ("sockets_for_100", "6 sockets for 100 conversations", "", 0),
+            ("burst_ttfd_p50_ms", "6 burst of 8 fresh: TTFD p50", " ms", 1),
+            ("burst_ttfd_max_ms", "6 burst of 8 fresh: TTFD max", " ms", 1),
+            ("cpu_ms_per_fresh", "6 proxy CPU per fresh request", " ms", 2),
+        ):
+            lines.append(
+                f"{label:34} {fmt(lanes['lanes'][key], unit, digits):26} "
+                f"{fmt(lanes['no_lanes'][key], unit, digits):26}"
+            )
     return "\n".join(lines), ratios
 
 
@@ -1098,7 +1190,7 @@ def main(argv: list[str] | None = None) -> int:
         "responses_bridge package is imported from beside it)",
     )
     parser.add_argument(
-        "--figures", default="12345", help="which figures to run, e.g. 13 (default: all)"
+        "--figures", default="123456", help="which figures to run, e.g. 13 (default: all)"
     )
     parser.add_argument(
         "--bridge-set",
@@ -1132,6 +1224,7 @@ def main(argv: list[str] | None = None) -> int:
         script=args.addon.resolve(),
         figures=args.figures,
         bridge_set=tuple(args.bridge_set),
+        lane_runs=1 if quick else 3,
     )
     command = shlex.join(["scripts/bench", *(argv if argv is not None else sys.argv[1:])])
     env = environment()

@@ -56,7 +56,17 @@ Opt-in extras, off by default (the benchmark, ``scripts/bench.py``, turns them o
   few microseconds (an asyncio timer alone wakes up to ~1.4 ms late).
 
 Plain HTTP that is not a ``POST …/responses`` gets ``426`` (no websocket mode here), except
-``GET /set-cookie?NAME=VALUE``, a page that sets that cookie (for mitmproxy's stickycookie).
+``GET /set-cookie?NAME=VALUE``, a page that sets that cookie (for mitmproxy's stickycookie), and
+``GET /fake-stats``: ``{"connections": N, "open_sockets": M}`` (websockets accepted, open now).
+
+Lanes (PROTOCOL.md): a ``response.create`` with a ``stream_id`` runs on that lane; creates of
+one lane run in order, lanes run concurrently (at most 16 responses at once per socket, more
+wait), every event of a laned response echoes its ``stream_id``, and the responses a socket
+holds are socket-wide, so any lane continues any of them. Names are 1-256 characters of
+``[A-Za-z0-9_.-]`` (else ``invalid_stream_id``), at most 32 per socket (else
+``websocket_stream_limit_reached``). ``FakeUpstream.lanes = "reject"`` answers a laned create
+with an ``unknown_parameter`` error before ``response.created`` (as the ChatGPT backend has);
+``"ignore"`` runs it on the default lane without any echo.
 
 Run standalone: ``python tests/fake_upstream.py [--port 8765] [--directives "..."]``.
 """
@@ -110,6 +120,11 @@ TERMINAL_EVENTS = frozenset(
     {"response.completed", "response.failed", "response.incomplete", "error"}
 )
 PHASES = ("before_created", "after_created", "mid", "after_completed")
+# Lanes (PROTOCOL.md): names of 1-256 such characters, 32 names per socket, 16 responses at once.
+LANE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,256}")
+MAX_LANE_NAMES = 32
+MAX_LANES_IN_FLIGHT = 16
+LANE_MODES = ("on", "reject", "ignore")
 
 
 def text_event_types(deltas: int = DEFAULT_DELTAS) -> list[str]:
@@ -364,6 +379,8 @@ class SocketRecord:
     closed: bool = False
     close_code: int | None = None
     response_ids: list[str] = field(default_factory=list)
+    lanes: set[str] = field(default_factory=set)  # every stream_id this socket has seen
+    max_in_flight: int = 0  # most responses it ran at once, across lanes
 
 
 @dataclass
@@ -379,6 +396,10 @@ class _Session:
     closer: asyncio.Task[Any] | None = None
     sent_close_code: int | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    lane_queues: dict[str, asyncio.Queue[Json]] = field(default_factory=dict)
+    lane_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    in_flight: int = 0
+    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_LANES_IN_FLIGHT))
 
 
 @dataclass
@@ -451,6 +472,12 @@ class _Connection(ServerConnection):
         method, _, rest = lines[0].partition(" ")
         path = rest.rpartition(" ")[0]
         self.fake.http_requests.append({"method": method, "path": path, "headers": headers})
+        if method == "GET" and path == "/fake-stats":
+            # Counters for a benchmark that runs the fake in its own process.
+            stats = {"connections": self.fake.connections, "open_sockets": self.fake.open_sockets}
+            self.transport.write(_json_response(200, stats).serialize())
+            self.transport.close()
+            return
         if method == "GET" and path.startswith("/set-cookie?"):
             # A plain page that sets a cookie (tests of mitmproxy's stickycookie).
             cookie = path.partition("?")[2]
@@ -673,6 +700,10 @@ class FakeUpstream:
         self.runner: FakeUpstreamThread | None = None  # set when run by a FakeUpstreamThread
         # (status, code) errors answered, in order, to the next response.create frames
         self.next_errors: list[tuple[int, str]] = []
+        # Lanes: "on" as PROTOCOL.md describes; "reject" answers a create with a stream_id with
+        # an error before response.created (as the ChatGPT backend has); "ignore" runs it on
+        # the default lane without echoing stream_id.
+        self.lanes = "on"
 
     def run(self, coro_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """From another thread: run a coroutine of this fake on its own loop (thread mode)."""
@@ -816,6 +847,9 @@ class FakeUpstream:
         except ConnectionClosed:
             pass
         finally:
+            for lane_task in session.lane_tasks:
+                if lane_task is not session.closer:
+                    lane_task.cancel()
             task = session.task
             if task is not None:
                 if task is not session.closer:
@@ -857,6 +891,9 @@ class FakeUpstream:
             await self._send(session, error_frame("unknown_event_type", msg, param="type"))
             return
         self.requests.append(data)
+        if "stream_id" in data and self.lanes != "ignore":
+            await self._on_laned(session, data)
+            return
         if session.task is not None and not session.task.done():
             msg = (
                 f"Conversation already has an active response in progress: {session.active_id}. "
@@ -866,13 +903,53 @@ class FakeUpstream:
             return
         session.task = asyncio.create_task(self._run_turn(session, data))
 
+    async def _on_laned(self, session: _Session, data: Json) -> None:
+        """A create on a lane: FIFO per lane, lanes concurrent, at most 16 running at once."""
+        name = data["stream_id"]
+        if self.lanes == "reject":
+            msg = "Unknown parameter: 'stream_id'."
+            await self._send(session, error_frame("unknown_parameter", msg, param="stream_id"))
+            return
+        echo = name if isinstance(name, str) else None
+        if not isinstance(name, str) or not LANE_NAME.fullmatch(name):
+            msg = "Invalid stream_id: 1 to 256 characters of letters, digits, '_', '.' or '-'."
+            frame = error_frame("invalid_stream_id", msg, param="stream_id")
+            await self._send(session, {**frame, "stream_id": echo} if echo else frame)
+            return
+        lanes = session.record.lanes
+        if name not in lanes and len(lanes) >= MAX_LANE_NAMES:
+            msg = f"At most {MAX_LANE_NAMES} distinct stream_id values per connection."
+            frame = error_frame("websocket_stream_limit_reached", msg, param="stream_id")
+            await self._send(session, {**frame, "stream_id": name})
+            return
+        lanes.add(name)
+        queue = session.lane_queues.get(name)
+        if queue is None:
+            queue = session.lane_queues[name] = asyncio.Queue()
+            session.lane_tasks.append(asyncio.create_task(self._serve_lane(session, name, queue)))
+        queue.put_nowait(data)
+
+    async def _serve_lane(self, session: _Session, name: str, queue: asyncio.Queue[Json]) -> None:
+        while True:
+            request = await queue.get()
+            async with session.slots:
+                session.in_flight += 1
+                record = session.record
+                record.max_in_flight = max(record.max_in_flight, session.in_flight)
+                try:
+                    await self._run_turn(session, request, stream_id=name)
+                finally:
+                    session.in_flight -= 1
+
     async def _send(self, session: _Session, event: Json | str | bytes) -> None:
         payload = event if isinstance(event, (str, bytes)) else json.dumps(event)
         await session.conn.send(payload)
 
-    async def _run_turn(self, session: _Session, request: Json) -> None:
+    async def _run_turn(
+        self, session: _Session, request: Json, *, stream_id: str | None = None
+    ) -> None:
         try:
-            await _Turn(self, session, request).run()
+            await _Turn(self, session, request, stream_id=stream_id).run()
         except ConnectionClosed:
             pass
         except Exception:
@@ -884,16 +961,21 @@ class FakeUpstream:
                     status=500,
                     err_type="server_error",
                 )
+                if stream_id is not None:
+                    frame["stream_id"] = stream_id
                 await self._send(session, frame)
 
 
 class _Turn:
     """One ``response.create``: validation, the planned events, and streaming them."""
 
-    def __init__(self, fake: FakeUpstream, session: _Session, request: Json) -> None:
+    def __init__(
+        self, fake: FakeUpstream, session: _Session, request: Json, *, stream_id: str | None = None
+    ) -> None:
         self.fake = fake
         self.session = session
-        self.request = request
+        self.stream_id = stream_id  # echoed on every event of a laned response
+        self.request = {k: v for k, v in request.items() if k != "stream_id"}
         self.seq = 0
         self.response_id = new_id("resp")
         self.created_at = int(time.time())
@@ -910,6 +992,8 @@ class _Turn:
         if numbered:
             event = {**event, "sequence_number": self.seq}
             self.seq += 1
+        if self.stream_id is not None:
+            event = {**event, "stream_id": self.stream_id}
         await self.fake._send(self.session, event)
 
     async def fail(self, frame: Json) -> None:

@@ -250,18 +250,36 @@ def test_two_mebibyte_frame_passes_through(
 # --------------------------------------------------------------------------- client faults
 
 
-def assert_socket_settled(fake: FakeUpstream, index: int, client: openai.OpenAI) -> None:
+def running(fake: FakeUpstream) -> int:
+    """Responses the fake is generating right now, on every socket and lane."""
+    return sum(s.in_flight + (s.task is not None and not s.task.done()) for s in fake._sessions)
+
+
+def response_of(fake: FakeUpstream, text: str) -> tuple[Any, str] | None:
+    """The fake's socket and the id of the response it made for the request with ``text``."""
+    for session in fake._sessions:
+        for response_id in session.record.response_ids:
+            context = fake.contexts.get(response_id) or [{}]
+            content = context[-1].get("content")
+            if isinstance(content, list) and content and content[0].get("text") == text:
+                return session, response_id
+    return None
+
+
+def assert_socket_settled(fake: FakeUpstream, text: str, client: openai.OpenAI) -> None:
     """After a client left (stateful, well within the drain timeout): the bridge read the
-    answer on socket ``index`` to its end and kept the socket, usable for that answer's chain.
-    Never parked mid-response, and not closed either."""
-    session = fake._sessions[index]
+    answer to the request with ``text`` to its end and kept its socket, usable for that
+    answer's chain. Never parked mid-response, and not closed either."""
+    wait_until(lambda: response_of(fake, text), timeout=15, what="the upstream to answer")
+    found = response_of(fake, text)
+    assert found is not None, f"the upstream made no response for {text!r}"
+    session, response_id = found
     wait_until(
-        lambda: session.record.closed or (session.task is not None and session.task.done()),
+        lambda: session.record.closed or response_id in session.responses,
         timeout=15,
         what="the upstream socket to be closed or its answer finished",
     )
     assert not session.record.closed, "the socket was closed instead of drained and kept"
-    (response_id,) = session.record.response_ids
     assert response_id in session.responses, "the upstream turn ended without completing"
     connections = fake.connections
     # No pause: a follow-up that arrives while the bridge still drains waits for the drain.
@@ -274,13 +292,13 @@ def assert_socket_settled(fake: FakeUpstream, index: int, client: openai.OpenAI)
     assert "| context: 2 user messages |" in follow.output_text
     assert follow.output_text.startswith("echo: after the leaver")
     assert fake.connections == connections  # served on the drained socket itself
-    assert fake._sessions[index].record.response_ids[-1] == follow.id
+    assert session.record.response_ids[-1] == follow.id
 
 
 def test_client_leaving_before_the_first_byte(
     shared_bridge: Mitmdump, shared_fake: FakeUpstream, client: openai.OpenAI
 ) -> None:
-    index, logged = shared_fake.connections, len(shared_bridge.lines)
+    logged = len(shared_bridge.lines)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             f"{shared_bridge.base_url}/responses",
@@ -297,15 +315,14 @@ def test_client_leaving_before_the_first_byte(
     # away): no byte had been written to it.
     line = wait_for_new_log(shared_bridge, logged, r"-> - stream ws new · 0 events .*client side")
     assert "Client disconnected" in line
-    assert len(shared_fake.sockets) == index + 1
-    assert_socket_settled(shared_fake, index, client)
+    assert_socket_settled(shared_fake, "leaving early fake:slow=400 fake:deltas=1", client)
     assert_still_serves(shared_bridge)
 
 
 def test_client_leaving_during_a_json_answer(
     shared_bridge: Mitmdump, shared_fake: FakeUpstream, client: openai.OpenAI
 ) -> None:
-    index, logged = shared_fake.connections, len(shared_bridge.lines)
+    logged = len(shared_bridge.lines)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(
             f"{shared_bridge.base_url}/responses",
@@ -316,7 +333,7 @@ def test_client_leaving_during_a_json_answer(
     line = wait_for_new_log(shared_bridge, logged, r"-> - json ws new · \d+ events .*client side")
     events = int(re.search(r"· (\d+) events", line).group(1))  # type: ignore[union-attr]
     assert 1 <= events < 12, line  # it left after response.created, before the answer ended
-    assert_socket_settled(shared_fake, index, client)
+    assert_socket_settled(shared_fake, "leaving mid json fake:slow=150", client)
     assert_still_serves(shared_bridge)
 
 
@@ -402,7 +419,7 @@ def test_http10_client_gets_a_stream_it_can_read(shared_bridge: Mitmdump) -> Non
 
 def test_fifty_concurrent_streams(shared_bridge: Mitmdump, shared_fake: FakeUpstream) -> None:
     count = 50
-    connections = shared_fake.connections
+    connections, sent = shared_fake.connections, len(shared_fake.requests)
 
     async def one(http: httpx.AsyncClient, index: int) -> tuple[int, list[tuple[str, Any]]]:
         text = f"client {index} fake:slow=20"
@@ -422,10 +439,9 @@ def test_fifty_concurrent_streams(shared_bridge: Mitmdump, shared_fake: FakeUpst
         async def sample() -> None:
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, shared_fake.open_sockets - before)
+                peak = max(peak, running(shared_fake))
                 await asyncio.sleep(0.01)
 
-        before = shared_fake.open_sockets
         limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
         async with httpx.AsyncClient(
             base_url=shared_bridge.base_url, timeout=60, limits=limits
@@ -445,8 +461,12 @@ def test_fifty_concurrent_streams(shared_bridge: Mitmdump, shared_fake: FakeUpst
         text = expected_text(f"client {index} fake:slow=20")
         assert "".join(deltas_of(events)) == text
         assert events[-1][1]["response"]["output"][0]["content"][0]["text"] == text
-    assert shared_fake.connections == connections + count  # one socket each, none resent
-    assert peak >= 10, f"only {peak} upstream sockets were ever open at once"
+    assert len(shared_fake.requests) == sent + count  # none resent
+    # On lanes: at most 16 responses per socket, so four new sockets (or fewer, when sockets
+    # of earlier tests still had lanes free), never one each.
+    assert shared_fake.connections - connections <= 4
+    assert max(r.max_in_flight for r in shared_fake.sockets) <= 16
+    assert peak >= 10, f"only {peak} responses ever ran at once"
     # Never more than responses_bridge_max_sessions (64) open: idle ones made room.
     wait_until(lambda: shared_fake.open_sockets <= 64, what="at most 64 open sockets")
     assert_still_serves(shared_bridge)

@@ -50,15 +50,21 @@ def socket_of(fake: FakeUpstream, response_id: str) -> dict[str, str]:
         ({"authorization": "Bearer k", "x-goog-api-key": "g1"}, {"authorization": "Bearer k"}),
     ],
 )
+@pytest.mark.parametrize("lanes", [True, False])
 def test_a_request_never_runs_on_a_socket_opened_with_other_headers(
-    fake: FakeUpstream, start_bridge: StartBridge, first: dict[str, str], second: dict[str, str]
+    fake: FakeUpstream,
+    start_bridge: StartBridge,
+    first: dict[str, str],
+    second: dict[str, str],
+    lanes: bool,
 ) -> None:
-    bridge = start_bridge(fake, WARM)
+    bridge = start_bridge(fake, WARM, f"responses_bridge_lanes={str(lanes).lower()}")
     one = post(bridge, {"model": "m", "input": "one"}, first)
     assert one.status_code == 200, one.text
-    # The first answer left a warm socket (opened with the first request's headers) and a
-    # retained one: neither may serve the second request, nor may its follow-up chain on.
-    wait_until(lambda: fake.connections >= 2, what="the warm socket")
+    # The first answer left a shared socket with lanes free (lanes), or a warm socket and a
+    # retained one (without): none may serve the second request, nor its follow-up chain on.
+    if not lanes:
+        wait_until(lambda: fake.connections >= 2, what="the warm socket")
     two = post(bridge, {"model": "m", "input": "two"}, second)
     assert two.status_code == 200, two.text
     follow = post(
@@ -78,12 +84,19 @@ def test_a_request_never_runs_on_a_socket_opened_with_other_headers(
     assert follow.status_code in (200, 400)
 
 
+@pytest.mark.parametrize("lanes", [True, False])
 def test_the_same_client_keeps_its_warm_socket_whatever_its_request_ids(
-    fake: FakeUpstream, start_bridge: StartBridge
+    fake: FakeUpstream, start_bridge: StartBridge, lanes: bool
 ) -> None:
-    bridge = start_bridge(fake, WARM)
+    bridge = start_bridge(fake, WARM, f"responses_bridge_lanes={str(lanes).lower()}")
     base = {"authorization": "Bearer sk-1", "openai-project": "proj_a"}
     assert post(bridge, {"model": "m", "input": "a"}, {**base, "x-request-id": "r1"}).is_success
+    if lanes:
+        again = post(bridge, {"model": "m", "input": "b"}, {**base, "x-request-id": "r2"})
+        assert again.headers["x-responses-bridge"] == "new"
+        # A new lane of the shared socket: per-request ids do not count.
+        assert fake.connections == 1 and again.json()["id"] in fake.sockets[0].response_ids
+        return
     wait_until(lambda: fake.connections >= 2, what="the warm socket")
     again = post(bridge, {"model": "m", "input": "b"}, {**base, "x-request-id": "r2"})
     assert again.headers["x-responses-bridge"] == "new"
@@ -201,7 +214,8 @@ def test_one_owner_cannot_take_every_socket(fake: FakeUpstream, start_bridge: St
     threads = [threading.Thread(target=hold) for _ in range(2)]
     for thread in threads:
         thread.start()
-    wait_until(lambda: fake.open_sockets >= 2, 10, "two silent turns")
+    # Both turns reached the upstream (on lanes of one shared socket).
+    wait_until(lambda: sum(len(r.frames) for r in fake.sockets) >= 2, 10, "two silent turns")
     refused = post(bridge, {"model": "m", "input": "more"}, hog)
     assert refused.status_code == 503
     assert "responses_bridge_max_sessions_per_owner" in refused.json()["error"]["message"]

@@ -17,6 +17,9 @@ from tests.conftest import StartBridge
 from tests.fake_upstream import FakeUpstream, context_count
 from tests.harness import Mitmdump, wait_until
 
+# Warm sockets serve upstreams without lanes (with lanes, the shared socket serves fresh requests).
+LANELESS = "responses_bridge_lanes=false"
+
 
 def client_for(bridge: Mitmdump, key: str = "sk-owner-a") -> openai.OpenAI:
     return openai.OpenAI(base_url=bridge.base_url, api_key=key, max_retries=0, timeout=30)
@@ -188,8 +191,11 @@ def test_connection_limit_on_a_fresh_request_is_resent(
     assert fake.connections == 2
 
 
-def test_concurrent_follow_ups_fork(fake: FakeUpstream, start_bridge: StartBridge) -> None:
-    client = client_for(start_bridge(fake))
+@pytest.mark.parametrize("lanes", [True, False])
+def test_concurrent_follow_ups_fork(
+    fake: FakeUpstream, start_bridge: StartBridge, lanes: bool
+) -> None:
+    client = client_for(start_bridge(fake, f"responses_bridge_lanes={str(lanes).lower()}"))
     first, _ = turn(client, "root")
     results: dict[str, tuple[Any, str]] = {}
 
@@ -204,13 +210,33 @@ def test_concurrent_follow_ups_fork(fake: FakeUpstream, start_bridge: StartBridg
     labels = sorted(label for _, label in results.values())
     assert labels == ["forked", "reused"]
     assert all(context_count(response.output_text) == 2 for response, _ in results.values())
-    assert fake.connections == 2
+    # With lanes the fork is a new lane of the same socket, sent as a delta; without, its
+    # transcript goes to a socket of its own.
+    assert fake.connections == (1 if lanes else 2)
+    resent = [r for r in fake.requests[1:] if not r.get("previous_response_id")]
+    assert len(resent) == (0 if lanes else 1)
+
+
+def test_busy_chain_without_rehydration_forks_on_a_lane(
+    fake: FakeUpstream, start_bridge: StartBridge
+) -> None:
+    client = client_for(start_bridge(fake, "responses_bridge_rehydrate=false"))
+    first, _ = turn(client, "root")
+    slow = threading.Thread(target=turn, args=(client, "slow fake:slow=200", first.id))
+    slow.start()
+    wait_until(lambda: len(fake.requests) == 2)
+    meanwhile, label = turn(client, "meanwhile", first.id)
+    assert label == "forked" and context_count(meanwhile.output_text) == 2
+    slow.join(30)
+    assert not slow.is_alive() and fake.connections == 1
 
 
 def test_busy_chain_without_rehydration_is_409(
     fake: FakeUpstream, start_bridge: StartBridge
 ) -> None:
-    client = client_for(start_bridge(fake, "responses_bridge_rehydrate=false"))
+    client = client_for(
+        start_bridge(fake, "responses_bridge_rehydrate=false", "responses_bridge_lanes=false")
+    )
     first, _ = turn(client, "root")
     slow = threading.Thread(target=turn, args=(client, "slow fake:slow=200", first.id))
     slow.start()
@@ -374,7 +400,7 @@ def test_shutdown_closes_every_socket(fake: FakeUpstream, start_bridge: StartBri
     client = client_for(bridge)
     turn(client, "one")
     turn(client, "two")
-    assert fake.open_sockets == 2
+    assert fake.open_sockets == 1  # both chains on lanes of one shared socket
     bridge.stop()
     wait_until(lambda: fake.open_sockets == 0)
     assert all(record.close_code == 1000 for record in fake.sockets)
@@ -383,7 +409,7 @@ def test_shutdown_closes_every_socket(fake: FakeUpstream, start_bridge: StartBri
 def test_warm_socket_serves_the_next_fresh_request(
     fake: FakeUpstream, start_bridge: StartBridge
 ) -> None:
-    client = client_for(start_bridge(fake, "responses_bridge_warm_sockets=1"))
+    client = client_for(start_bridge(fake, "responses_bridge_warm_sockets=1", LANELESS))
     first, _ = turn(client, "one")
     wait_until(lambda: fake.connections == 2)  # the chain's socket and one opened ahead
     second, label = turn(client, "fresh conversation")
@@ -395,7 +421,9 @@ def test_warm_socket_serves_the_next_fresh_request(
 
 def test_warm_sockets_never_exceed_capacity(fake: FakeUpstream, start_bridge: StartBridge) -> None:
     client = client_for(
-        start_bridge(fake, "responses_bridge_warm_sockets=3", "responses_bridge_max_sessions=2")
+        start_bridge(
+            fake, "responses_bridge_warm_sockets=3", "responses_bridge_max_sessions=2", LANELESS
+        )
     )
     turn(client, "one")
     wait_until(lambda: fake.connections == 2)
@@ -411,7 +439,7 @@ def test_the_warm_pool_is_refilled_while_an_answer_still_streams(
     # A fresh request sent while another answer streams (a chat title, a parallel subagent)
     # finds a socket opened ahead: the pool refills once the first delta reached the client,
     # not only once the whole answer has.
-    client = client_for(start_bridge(fake, "responses_bridge_warm_sockets=1"))
+    client = client_for(start_bridge(fake, "responses_bridge_warm_sockets=1", LANELESS))
     turn(client, "one")
     wait_until(lambda: fake.connections == 2)  # the chain's socket and one opened ahead
     with client.responses.create(

@@ -210,6 +210,9 @@ def test_zero_counts_are_refused_where_zero_means_nothing(name: str) -> None:
     opts = declared(**{name: 0})
     if name in ZERO_INTEGERS:
         parse(opts)
+    elif name == "responses_bridge_lanes_per_socket":
+        with pytest.raises(ValueError, match=f"{name} must be 1 to 16"):
+            parse(opts)
     else:
         with pytest.raises(ValueError, match=f"{name} must be positive"):
             parse(opts)
@@ -310,3 +313,10 @@ def test_a_file_that_is_no_certificate_is_refused(tmp_path: Path) -> None:
     bogus.write_text("not a certificate\n")
     with pytest.raises(ValueError, match="cannot load trusted certificates"):
         upstream_ssl_context(insecure=False, cafile=str(bogus), capath=None)
+
+
+def test_lanes_per_socket_stays_within_the_upstreams_limit() -> None:
+    assert parse(declared(responses_bridge_lanes_per_socket=16)).limits.lanes_per_socket == 16
+    with pytest.raises(ValueError, match="at most 16 responses at once"):
+        parse(declared(responses_bridge_lanes_per_socket=17))
+    assert parse(declared(responses_bridge_lanes=False)).settings.lanes is False

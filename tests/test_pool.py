@@ -134,7 +134,7 @@ async def test_full_with_nothing_idle_is_refused_without_connecting() -> None:
     bench = Bench(max_sessions=2)
     await bench.open("alice")
     await bench.open("bob")
-    with pytest.raises(CapacityExceeded, match="All 2 upstream sockets"):
+    with pytest.raises(CapacityExceeded, match="All 2 upstream sessions"):
         await bench.open("carol")
     assert len(bench.sockets) == 2
     assert bench.forgotten == []
@@ -324,7 +324,7 @@ async def test_one_owner_is_held_to_its_share_and_leaves_room_for_others() -> No
     bench = Bench(max_sessions=16)  # a share of 14: two sockets kept for other owners
     for _ in range(14):
         await bench.open("alice")
-    with pytest.raises(CapacityExceeded, match="This client's 14 upstream sockets") as caught:
+    with pytest.raises(CapacityExceeded, match="This client's 14 upstream sessions") as caught:
         await bench.open("alice")
     assert caught.value.status == 503 and caught.value.headers == {"retry-after": "1"}
     assert len(bench.sockets) == 14
@@ -440,3 +440,125 @@ async def test_close_all_waits_for_closes_already_scheduled() -> None:
     await bench.pool.close_all()
     assert slow_closed.is_set()
     assert session.socket.close_calls == 1
+
+
+# -- lanes: conversations sharing one connection ------------------------------------------------
+
+
+class MiniShared:
+    """Only what ``SharedConnection`` asks for: handles that count as running once taken."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.closed = False
+        self.running: list[MiniSocket] = []
+        self.held: list[MiniSocket] = []
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.running)
+
+    @property
+    def handles(self) -> int:
+        return len([h for h in self.held if not h.closed])
+
+    def share(self, cap: int) -> MiniSocket | None:
+        if self.closed or len(self.running) >= cap:
+            return None
+        handle = MiniSocket()
+        self.held.append(handle)
+        self.running.append(handle)  # a fresh turn runs at once
+        return handle
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class LaneBench(Bench):
+    def __init__(self, handshake: float = 0.0, **limits: Any) -> None:
+        super().__init__(**limits)
+        self.shared: list[MiniShared] = []
+        self.handshake = handshake
+
+    async def connect_shared(self) -> MiniShared:
+        await asyncio.sleep(self.handshake)
+        connection = MiniShared(f"s{len(self.shared)}")
+        self.shared.append(connection)
+        return connection
+
+    async def lane(self, owner: str = "alice") -> Session:
+        return await self.pool.open_lane(owner, UP, self.connect_shared)
+
+
+async def test_lanes_of_one_owner_share_a_connection_up_to_the_cap() -> None:
+    bench = LaneBench(lanes_per_socket=3)
+    sessions = [await bench.lane() for _ in range(4)]
+    assert len(bench.shared) == 2
+    assert [s.carrier.connection for s in sessions if s.carrier] == [bench.shared[0]] * 3 + [
+        bench.shared[1]
+    ]
+    assert all(s.opened_at == 100.0 for s in sessions) and len(bench.pool.sessions) == 4
+    other = await bench.lane("bob")
+    assert other.carrier is not None and other.carrier.connection is bench.shared[2]
+
+
+async def test_a_burst_waits_for_the_connection_being_opened() -> None:
+    bench = LaneBench(handshake=0.05, lanes_per_socket=4)
+    sessions = await asyncio.gather(*(bench.lane() for _ in range(6)))
+    # Four wait for the first connection; the fifth and sixth open a second one.
+    assert len(bench.shared) == 2 and len({id(s.carrier) for s in sessions}) == 2
+
+
+async def test_a_failed_shared_connect_fails_every_waiter() -> None:
+    bench = LaneBench(handshake=0.02)
+
+    async def refused() -> MiniShared:
+        await asyncio.sleep(0.02)
+        raise CapacityExceeded("refused upstream")
+
+    results = await asyncio.gather(
+        *(bench.pool.open_lane("alice", UP, refused) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, CapacityExceeded) for r in results)
+    assert not bench.pool._carrier_connects and bench.pool.held_by("alice") == 0
+
+
+async def test_lanes_count_against_capacity_and_the_owner_share() -> None:
+    bench = LaneBench(max_sessions=8, max_sessions_per_owner=2)
+    await bench.lane()
+    await bench.lane()
+    with pytest.raises(CapacityExceeded, match="This client's 2 upstream sessions"):
+        await bench.lane()
+    assert len(bench.shared) == 1
+
+
+async def test_a_fork_takes_a_lane_of_the_same_connection() -> None:
+    bench = LaneBench(lanes_per_socket=2)
+    first = await bench.lane()
+    forked = bench.pool.fork(first)
+    assert forked is not None and forked.carrier is first.carrier
+    assert bench.pool.fork(first) is None  # the cap: no third lane
+    own = await bench.open()
+    assert bench.pool.fork(own) is None  # a socket of its own has no lanes
+
+
+async def test_an_old_or_closed_connection_takes_no_new_lane() -> None:
+    bench = LaneBench(max_socket_age=60)
+    first = await bench.lane()
+    bench.now += 61
+    second = await bench.lane()
+    assert second.carrier is not first.carrier and len(bench.shared) == 2
+    bench.shared[1].closed = True
+    third = await bench.lane()
+    assert third.carrier is not None and third.carrier.connection is bench.shared[2]
+    assert [c.connection for c in bench.pool.carriers()] == [bench.shared[2]]
+
+
+async def test_sweep_closes_connections_no_conversation_holds() -> None:
+    bench = LaneBench()
+    session = await bench.lane()
+    assert bench.pool.sweep_carriers() == 0
+    await session.socket.close()
+    assert bench.pool.sweep_carriers() == 1
+    await settle()
+    assert bench.shared[0].closed and not bench.pool.carriers()

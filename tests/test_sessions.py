@@ -551,7 +551,7 @@ async def test_all_busy_is_capacity_exceeded() -> None:
     assert exc.headers == {"retry-after": "1"}
     assert exc.code == "bridge_capacity_exceeded"
     assert exc.body()["error"]["type"] == "server_error"
-    assert "All 1 upstream sockets are busy" in exc.message
+    assert "All 1 upstream sessions are busy" in exc.message
     assert len(world.sockets) == 1  # connect was never called
     assert sock(busy).close_calls == 0
     assert world.registry.open_sockets == 1
@@ -869,6 +869,8 @@ async def test_snapshot_rows(world: World) -> None:
             "response_id": "resp_1",
             "owner": world.owner[:12],
             "upstream": UP,
+            "socket": "",
+            "lane": None,
             "age": 15.0,
             "idle": 15.0,
             "turns": 1,
@@ -879,6 +881,8 @@ async def test_snapshot_rows(world: World) -> None:
             "response_id": None,
             "owner": world.owner[:12],
             "upstream": UP,
+            "socket": "",
+            "lane": None,
             "age": 5.0,
             "idle": 5.0,
             "turns": 0,

@@ -52,7 +52,8 @@ async def test_send_on_a_socket_the_upstream_closed_is_upstream_closed() -> None
     assert caught.value.code == "upstream_closed"
     assert "closed before the request was sent" in caught.value.message
     assert "1001" in caught.value.message
-    assert socket.end_state() == {"closed": True, "code": 1001, "reason": "going away"}
+    end = socket.end_state()
+    assert end == {"socket_id": socket.label, "closed": True, "code": 1001, "reason": "going away"}
 
 
 async def test_upstream_closing_during_the_handshake_is_unavailable() -> None:

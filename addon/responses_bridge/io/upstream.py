@@ -8,6 +8,7 @@ parsed JSON objects. Every foreign exception is translated here, once, into the 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import ssl
@@ -41,6 +42,7 @@ _LIBRARY_LOGGER = logging.getLogger("responses_bridge.websockets")
 _LIBRARY_LOGGER.setLevel(logging.WARNING)
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024  # the library's 1 MiB default is too small for big terminals
+_socket_numbers = itertools.count(1)
 _CLOSE_NAMES = {
     1000: "normal",
     1001: "going away",
@@ -128,6 +130,7 @@ class UpstreamSocket:
 
     def __init__(self, connection: ClientConnection) -> None:
         self._connection = connection
+        self.label = f"ws-{next(_socket_numbers)}"  # names the socket in diagnostics
         # The library's queue of received frames (made once per connection), read without
         # consuming it; an empty stand-in if this websockets version has none.
         assembler = getattr(connection, "recv_messages", None)
@@ -155,6 +158,7 @@ class UpstreamSocket:
     def end_state(self) -> dict[str, Any]:
         """How the socket ended (for inspection): close code and reason, when known."""
         return {
+            "socket_id": self.label,
             "closed": self.closed,
             "code": self._connection.close_code,
             "reason": self._connection.close_reason or "",

@@ -14,6 +14,7 @@ from typing import Any
 
 import certifi
 
+from responses_bridge.protocol.lanes import MAX_LANES_PER_SOCKET
 from responses_bridge.protocol.request import parse_host_patterns, validate_upstream_override
 from responses_bridge.state.limits import Limits
 from responses_bridge.turn.exchange import Settings
@@ -54,8 +55,16 @@ OPTIONS: tuple[Option, ...] = (
            "Chain full-history requests on the client's behalf: when a request resends a "
            "retained chain's conversation plus new items, send only the new items with "
            "previous_response_id on that chain's socket."),
+    Option("responses_bridge_lanes", bool, True,
+           "Run each owner's conversations on lanes (stream_id) of one shared upstream socket, "
+           "so fresh requests and forks need no handshake and no resent transcript; an upstream "
+           "that refuses lanes gets one socket per conversation."),
+    Option("responses_bridge_lanes_per_socket", int, 16,
+           "Most responses running at once on one shared socket (1-16, the upstream's own "
+           "limit); past it, a second socket for that owner."),
     Option("responses_bridge_max_sessions", int, 64,
-           "Most upstream sockets open at once (retained and in flight)."),
+           "Most upstream sessions at once: conversations retained for a follow-up and requests "
+           "in flight (on lanes, many share one socket)."),
     Option("responses_bridge_max_sessions_per_owner", int, 0,
            "Most upstream sockets one owner (one set of credentials and identity headers) may "
            "hold, so one client cannot take every socket; 0 leaves an eighth of max_sessions "
@@ -175,6 +184,13 @@ def parse(opts: Any) -> Config:
     for name in ("responses_bridge_warm_sockets", "responses_bridge_max_sessions_per_owner"):
         if getattr(opts, name) < 0:
             raise ValueError(f"{name} must be 0 or more")
+    lanes_per_socket = opts.responses_bridge_lanes_per_socket
+    if not 1 <= lanes_per_socket <= MAX_LANES_PER_SOCKET:
+        raise ValueError(
+            f"responses_bridge_lanes_per_socket must be 1 to {MAX_LANES_PER_SOCKET} (an upstream "
+            f"runs at most {MAX_LANES_PER_SOCKET} responses at once per socket), "
+            f"not {lanes_per_socket}"
+        )
     settings = Settings(
         connect_timeout=seconds(
             "responses_bridge_connect_timeout", opts.responses_bridge_connect_timeout
@@ -189,6 +205,7 @@ def parse(opts: Any) -> Config:
         stateful=opts.responses_bridge_stateful,
         rehydrate=opts.responses_bridge_rehydrate,
         auto_chain=opts.responses_bridge_auto_chain,
+        lanes=opts.responses_bridge_lanes,
         drain_timeout=seconds(
             "responses_bridge_drain_timeout", opts.responses_bridge_drain_timeout
         ),
@@ -212,6 +229,7 @@ def parse(opts: Any) -> Config:
         keep_transcripts=opts.responses_bridge_rehydrate,
         warm_sockets=opts.responses_bridge_warm_sockets,
         max_sessions_per_owner=opts.responses_bridge_max_sessions_per_owner or None,
+        lanes_per_socket=lanes_per_socket,
     )
     return Config(
         host_patterns=parse_host_patterns(opts.responses_bridge_hosts),

@@ -114,6 +114,17 @@ class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
 
 
+class LanesRefused(UpstreamError):
+    """The upstream refused a laned ``response.create`` (it takes no ``stream_id``) before the
+    response began: never shown to a client, the request is sent again without a lane."""
+
+    code = "lanes_refused"
+
+    def __init__(self, message: str, *, upstream_wide: bool) -> None:
+        super().__init__(message)
+        self.upstream_wide = upstream_wide  # False: only this connection is out of lanes
+
+
 class UpstreamResponseError(BridgeError):
     """The upstream reported an error: an ``error`` frame or ``response.failed``.
 

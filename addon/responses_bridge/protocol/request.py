@@ -246,7 +246,8 @@ def build_create_frame(body: dict[str, Any], *, chatgpt_compat: bool) -> dict[st
     false and ``truncation``/``max_output_tokens`` (which it rejects) are dropped.
     """
     frame: dict[str, Any] = {"type": "response.create"}
-    dropped = {"stream", "background", "type"}
+    # stream_id picks a websocket lane: the bridge chooses lanes, never the HTTP client.
+    dropped = {"stream", "background", "type", "stream_id"}
     if chatgpt_compat:
         dropped |= {"truncation", "max_output_tokens"}
     frame.update((k, v) for k, v in body.items() if k not in dropped)

@@ -19,6 +19,7 @@ class Limits:
     warm_sockets: int = 1  # pre-opened sockets kept per owner and upstream for fresh requests
     max_chains: int | None = None  # default: 8 * max_sessions
     max_sessions_per_owner: int | None = None  # default: all but an eighth of max_sessions
+    lanes_per_socket: int = 16  # responses one shared socket runs at once (the upstream's limit)
 
     @property
     def owner_share(self) -> int:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from responses_bridge.protocol.errors import CapacityExceeded
 from responses_bridge.state.limits import Limits
@@ -33,6 +33,46 @@ class ClosableSocket(Protocol):
 Connect = Callable[[], Awaitable[ClosableSocket]]
 
 
+class SharedConnection(Protocol):
+    """An upstream connection that carries many conversations at once (lanes)."""
+
+    label: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def handles(self) -> int: ...
+
+    def share(self, cap: int) -> ClosableSocket | None: ...
+
+    async def close(self) -> None: ...
+
+
+ConnectShared = Callable[[], Awaitable[SharedConnection]]
+
+
+@dataclass(eq=False)
+class Carrier:
+    """A shared connection of one owner and upstream, and when it was opened."""
+
+    connection: SharedConnection
+    owner: str
+    upstream: str
+    opened_at: float
+
+
+@dataclass(eq=False)
+class _CarrierConnect:
+    """A shared connection being opened, and how many requests wait for a lane on it."""
+
+    task: asyncio.Task[Carrier]
+    waiters: int = 0
+
+
 @dataclass(eq=False)
 class Session:
     """One open upstream socket and who may use it."""
@@ -48,6 +88,13 @@ class Session:
     busy: bool = True
     chain_key: tuple[str, int, str] | None = None  # automatic chaining index entry (idle only)
     producing: str | None = None  # the id of the response the turn in flight is generating
+    carrier: Carrier | None = None  # the shared connection this conversation has a lane on
+
+    @property
+    def socket_label(self) -> str:
+        """The upstream connection's name in diagnostics."""
+        label = getattr(self.socket, "label", None)
+        return label if isinstance(label, str) else ""
 
 
 class Pool:
@@ -76,6 +123,9 @@ class Pool:
         # Warm sockets handed out and not yet replaced, per pool: a replacement may evict the
         # least recently used idle socket when full (a fresh request would evict it anyway).
         self._owed: dict[tuple[str, str], int] = {}
+        # Shared connections (lanes) per (owner, upstream), and those being opened.
+        self._carriers: dict[tuple[str, str], list[Carrier]] = {}
+        self._carrier_connects: dict[tuple[str, str], _CarrierConnect] = {}
 
     def usable(self, session: Session) -> bool:
         """Open, younger than ``max_socket_age`` and used within ``session_ttl``."""
@@ -107,12 +157,17 @@ class Pool:
             warm = self._take_warm(key)
         if warm is not None:
             return warm
+        self._make_room(owner)
+        return await self._connect(owner, upstream, connect)
+
+    def _make_room(self, owner: str) -> None:
+        """Room for one more session of ``owner``: close idle ones if needed, else refuse."""
         share = self.limits.owner_share
         while self._over_share(owner):
             own = self._least_recent_idle(owner=owner)
             if own is None:
                 raise CapacityExceeded(
-                    f"This client's {share} upstream sockets are all busy "
+                    f"This client's {share} upstream sessions are all busy "
                     "(responses_bridge_max_sessions_per_owner); retry shortly.",
                     headers={"retry-after": "1"},
                 )
@@ -121,12 +176,141 @@ class Pool:
             idle = self._least_recent_idle()
             if idle is None:
                 raise CapacityExceeded(
-                    f"All {self.limits.max_sessions} upstream sockets are busy "
+                    f"All {self.limits.max_sessions} upstream sessions are busy "
                     "(responses_bridge_max_sessions); retry shortly.",
                     headers={"retry-after": "1"},
                 )
             self.close_soon(idle)
-        return await self._connect(owner, upstream, connect)
+
+    # -- lanes: conversations sharing one connection --------------------------------------------
+
+    async def open_lane(self, owner: str, upstream: str, connect: ConnectShared) -> Session:
+        """A session for a fresh turn on a lane of this owner's shared connection: one that is
+        open and has room, else one being opened (as many wait for it as it has lanes), else a
+        new one."""
+        key = (owner, upstream)
+        cap = self.limits.lanes_per_socket
+        for _round in range(4):
+            self._make_room(owner)
+            for carrier in self._open_carriers(key):
+                session = self._lane_on(carrier)
+                if session is not None:
+                    return session
+            pending = self._carrier_connects.get(key)
+            if pending is None or pending.waiters >= cap:
+                pending = self._start_carrier(key, connect)
+            pending.waiters += 1
+            try:
+                carrier = await asyncio.shield(pending.task)
+            finally:
+                pending.waiters -= 1
+            self._make_room(owner)
+            session = self._lane_on(carrier)
+            if session is not None:
+                return session
+        raise CapacityExceeded(
+            "Every lane of this client's upstream sockets is busy; retry shortly.",
+            headers={"retry-after": "1"},
+        )
+
+    def fork(self, session: Session) -> Session | None:
+        """A new session on a lane of the connection ``session`` is on (its responses can be
+        continued there), or None if it has no room or there is no capacity."""
+        carrier = session.carrier
+        if carrier is None or not self._carrier_usable(carrier):
+            return None
+        try:
+            self._make_room(session.owner)
+        except CapacityExceeded:
+            return None
+        return self._lane_on(carrier)
+
+    def _lane_on(self, carrier: Carrier) -> Session | None:
+        if not self._carrier_usable(carrier):
+            return None
+        handle = carrier.connection.share(self.limits.lanes_per_socket)
+        if handle is None:
+            return None
+        now = self.clock()
+        session = Session(
+            handle,
+            carrier.owner,
+            carrier.upstream,
+            opened_at=carrier.opened_at,
+            last_used=now,
+            carrier=carrier,
+        )
+        self.sessions.add(session)
+        return session
+
+    def _carrier_usable(self, carrier: Carrier) -> bool:
+        return (
+            not carrier.connection.closed
+            and self.clock() - carrier.opened_at < self.limits.max_socket_age
+        )
+
+    def _open_carriers(self, key: tuple[str, str]) -> list[Carrier]:
+        """The owner's usable shared connections, dropping those that are not."""
+        carriers = self._carriers.get(key)
+        if carriers is None:
+            return []
+        kept = [c for c in carriers if self._carrier_usable(c)]
+        if kept:
+            self._carriers[key] = kept
+        else:
+            del self._carriers[key]
+        return kept
+
+    def _start_carrier(self, key: tuple[str, str], connect: ConnectShared) -> _CarrierConnect:
+        task = asyncio.get_running_loop().create_task(
+            self._connect_carrier(key, connect), name="responses-bridge shared socket"
+        )
+        pending = _CarrierConnect(task)
+        self._carrier_connects[key] = pending
+
+        def finished(done: asyncio.Task[Carrier]) -> None:
+            if self._carrier_connects.get(key) is pending:
+                del self._carrier_connects[key]
+            if not done.cancelled():
+                done.exception()  # retrieved: every waiter has it raised already
+
+        task.add_done_callback(finished)
+        return pending
+
+    async def _connect_carrier(self, key: tuple[str, str], connect: ConnectShared) -> Carrier:
+        owner, upstream = key
+        self._connecting += 1
+        self._connecting_for[owner] += 1
+        try:
+            connection = await connect()
+        finally:
+            self._connecting -= 1
+            self._connecting_for[owner] -= 1
+            if not self._connecting_for[owner]:
+                del self._connecting_for[owner]
+        carrier = Carrier(connection, owner, upstream, opened_at=self.clock())
+        self._carriers.setdefault(key, []).append(carrier)
+        return carrier
+
+    def carriers(self) -> list[Carrier]:
+        """Every shared connection the pool knows of (open or not yet dropped)."""
+        return [c for carriers in self._carriers.values() for c in carriers]
+
+    def has_room_for_lane(self, owner: str, upstream: str) -> bool:
+        """Whether a fresh turn of this owner would find a lane without a handshake."""
+        cap = self.limits.lanes_per_socket
+        return any(c.connection.in_flight < cap for c in self._open_carriers((owner, upstream)))
+
+    def sweep_carriers(self) -> int:
+        """Close shared connections no conversation holds (one opened for requests that all
+        left before it was ready); returns how many."""
+        unheld = [c for c in self.carriers() if c.connection.handles == 0]
+        for carrier in unheld:
+            self._carriers[(carrier.owner, carrier.upstream)].remove(carrier)
+            self._close_in_background(carrier.connection.close())
+        for key in [k for k, carriers in self._carriers.items() if not carriers]:
+            del self._carriers[key]
+        return len(unheld)
 
     def _over_share(self, owner: str) -> bool:
         share = self.limits.owner_share
@@ -244,8 +428,11 @@ class Pool:
     def close_soon(self, session: Session) -> None:
         """Forget ``session`` now and close its socket in the background."""
         self.forget(session)
+        self._close_in_background(session.socket.close())
+
+    def _close_in_background(self, closing: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(
-            session.socket.close(), name="responses-bridge close idle socket"
+            closing, name="responses-bridge close idle socket"
         )
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -255,7 +442,16 @@ class Pool:
         for task in list(self._warming.values()):
             task.cancel()
         await asyncio.gather(*self._warming.values(), return_exceptions=True)
+        for pending in list(self._carrier_connects.values()):
+            pending.task.cancel()
         sessions = list(self.sessions)
+        carriers = self.carriers()
         self.sessions.clear()
         self._warm.clear()
-        await asyncio.gather(*(s.socket.close() for s in sessions), *self._closing)
+        self._carriers.clear()
+        await asyncio.gather(
+            *(s.socket.close() for s in sessions),
+            *(c.connection.close() for c in carriers),
+            *self._closing,
+            return_exceptions=True,
+        )

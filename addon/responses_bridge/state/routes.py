@@ -101,7 +101,9 @@ class Routes:
 
     def landed(self, session: Session) -> None:
         """The turn in flight on ``session`` has ended."""
-        self._in_flight_from.pop(session.continuing or "", None)
+        # A fork continues the same response on another lane: only the first is indexed.
+        if self._in_flight_from.get(session.continuing or "") is session:
+            del self._in_flight_from[session.continuing or ""]
         session.continuing = None
 
     def producing(self, session: Session, response_id: str) -> None:

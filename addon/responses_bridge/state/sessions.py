@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from responses_bridge.state.chaining import DigestMemo
+from responses_bridge.state.lanes import LaneSupport
 from responses_bridge.state.limits import Limits
-from responses_bridge.state.pool import Connect, Pool, Session
+from responses_bridge.state.pool import Connect, ConnectShared, Pool, Session
 from responses_bridge.state.routes import ChainKey, Routes
 from responses_bridge.state.scope import Owners
 from responses_bridge.state.transcripts import ChainNode, Transcripts
@@ -29,7 +30,7 @@ class Route(enum.Enum):
 
     REUSE = "reused"  # on the idle socket that holds the id
     REHYDRATE = "rehydrated"  # the socket is gone: full transcript on a fresh socket
-    FORK = "forked"  # the socket is busy: full transcript on a fresh socket
+    FORK = "forked"  # the socket is busy: a new lane of it, else the transcript on a fresh one
     PASS = "new"  # unknown here, but the upstream may resolve it (store: true)
     NOT_FOUND = "not_found"  # unknown and unresolvable: 400
     BUSY = "busy"  # the socket is busy and rehydration is off: 409
@@ -69,6 +70,7 @@ class Registry:
         self.transcripts = Transcripts(self.limits)
         # Input digests of recent full-history requests, so the next one digests only what is new.
         self.digest_memo = DigestMemo()
+        self.lanes = LaneSupport()
 
     def owner_of(self, headers: Iterable[tuple[str, str]], *, route: str = "") -> str:
         """The owner key of a request with these headers, reaching the upstream by ``route``
@@ -90,6 +92,12 @@ class Registry:
         node = self.transcripts.node(previous_id, owner, upstream, use=True)
         busy = self.routes.in_flight(previous_id)
         busy_for_owner = busy is not None and (busy.owner, busy.upstream) == (owner, upstream)
+        if busy is not None and busy_for_owner:
+            # The response's state is socket-wide: a new lane of that socket continues it.
+            forked = self.pool.fork(busy)
+            if forked is not None:
+                forked.continuing = previous_id
+                return Decision(Route.FORK, session=forked, node=node)
         transcript_kept = node is not None and self.limits.keep_transcripts and node.kept
         if transcript_kept:
             return Decision(Route.FORK if busy_for_owner else Route.REHYDRATE, node=node)
@@ -134,8 +142,18 @@ class Registry:
 
     # -- sockets -----------------------------------------------------------------------------
 
-    async def open(self, owner: str, upstream: str, connect: Connect) -> Session:
-        """A socket for a fresh turn (see ``Pool.open``)."""
+    async def open(
+        self,
+        owner: str,
+        upstream: str,
+        connect: Connect,
+        *,
+        shared: ConnectShared | None = None,
+    ) -> Session:
+        """A session for a fresh turn: a lane of a shared socket when ``shared`` is given (see
+        ``Pool.open_lane``), else a socket of its own (see ``Pool.open``)."""
+        if shared is not None:
+            return await self.pool.open_lane(owner, upstream, shared)
         return await self.pool.open(owner, upstream, connect)
 
     def keep_warm(self, owner: str, upstream: str, connect: Connect) -> None:
@@ -184,7 +202,7 @@ class Registry:
         expired = [s for s in idle if not self.pool.usable(s)]
         for session in expired:
             self.pool.close_soon(session)
-        return len(expired)
+        return len(expired) + self.pool.sweep_carriers()
 
     def close_idle(self, response_id: str | None = None) -> int:
         """Close the idle session retained as ``response_id``, or every idle one (None)."""
@@ -215,6 +233,8 @@ class Registry:
                     "response_id": session.response_id,
                     "owner": session.owner[:12],
                     "upstream": session.upstream,
+                    "socket": session.socket_label,
+                    "lane": getattr(session.socket, "name", None) if session.busy else None,
                     "age": round(now - session.opened_at, 3),
                     "idle": round(now - session.last_used, 3),
                     "turns": session.turns,
@@ -226,4 +246,20 @@ class Registry:
 
     @property
     def open_sockets(self) -> int:
-        return len(self.pool.sessions)
+        """Upstream connections open: one per session without a lane, one per shared one."""
+        own = sum(session.carrier is None for session in self.pool.sessions)
+        return own + sum(not c.connection.closed for c in self.pool.carriers())
+
+    def socket_stats(self) -> dict[str, Any]:
+        """Connections, lanes running on them, and retained chains per connection."""
+        chains: dict[str, int] = {}
+        for session in self.routes.idle_sessions():
+            chains[session.socket_label] = chains.get(session.socket_label, 0) + 1
+        return {
+            "open_sockets": self.open_sockets,
+            "sessions": len(self.pool.sessions),
+            "shared_sockets": sum(not c.connection.closed for c in self.pool.carriers()),
+            "lanes_in_use": sum(c.connection.in_flight for c in self.pool.carriers()),
+            "chains_per_socket": dict(sorted(chains.items())),
+            "upstreams_without_lanes": len(self.lanes),
+        }

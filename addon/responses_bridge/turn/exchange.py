@@ -38,6 +38,7 @@ class Settings:
     stateful: bool = True
     rehydrate: bool = True
     auto_chain: bool = True
+    lanes: bool = True  # conversations of one owner share a socket, each on its own lane
     ssl_context: ssl.SSLContext | None = None
     proxy: str | None = None
 
@@ -60,6 +61,8 @@ class Exchange:
     events: int = 0
     socket_state: str = "new"
     socket_age: float = 0.0
+    socket_id: str | None = None  # the upstream connection (shared by lanes, or its own)
+    lane: str | None = None  # the stream_id this response ran under, on a shared socket
     error: str | None = None
     sse_body: bytearray = field(default_factory=bytearray)
     finished: float | None = None
@@ -155,6 +158,8 @@ class Exchange:
             "upstream": self.upstream_url,
             "socket": self.socket_state,
             "socket_age_s": round(self.socket_age, 3),
+            "socket_id": self.socket_id,
+            "lane": self.lane,
             "status": self.status,
             # Of a stream: how much of its SSE body mitmproxy sent on to the client.
             "sent_to_client_bytes": self.forwarded_bytes if self.stream else None,

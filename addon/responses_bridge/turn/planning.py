@@ -10,6 +10,7 @@ from typing import Any
 from responses_bridge.protocol.errors import (
     BridgeError,
     ChainBusy,
+    LanesRefused,
     PreviousResponseNotFound,
     UpstreamClosed,
 )
@@ -33,7 +34,13 @@ from responses_bridge.state.sessions import Registry, Route
 from responses_bridge.state.transcripts import ChainNode
 from responses_bridge.turn.exchange import Exchange, Settings
 
-_RETRYABLE_CODES = frozenset({"previous_response_not_found", "websocket_connection_limit_reached"})
+_RETRYABLE_CODES = frozenset(
+    {
+        "previous_response_not_found",
+        "websocket_connection_limit_reached",
+        "websocket_stream_limit_reached",
+    }
+)
 
 
 @dataclass
@@ -165,11 +172,15 @@ def first_plan(registry: Registry, exchange: Exchange, turn: Turn) -> Plan:
     decision = registry.route(
         turn.owner, upstream, previous_id, upstream_resolves=turn.upstream_resolves
     )
-    if decision.route is Route.REUSE:
+    if decision.route is Route.REUSE or (
+        decision.route is Route.FORK and decision.session is not None
+    ):
+        # Reused, or forked on a new lane of the socket that holds the response: the upstream
+        # has the chain, so the request goes as the client sent it.
         parent = registry.chain(previous_id, turn.owner, upstream)
         return Plan(
             turn.frame,
-            "reused",
+            decision.route.value,
             turn.new_items,
             session=decision.session,
             parent=parent,
@@ -208,7 +219,9 @@ def _rehydrated(
 def retry_plan(exc: BridgeError, plan: Plan, exchange: Exchange) -> Plan | None:
     """A second attempt on a fresh socket, when that is safe and can succeed."""
     retryable = exc.code in _RETRYABLE_CODES or (
-        isinstance(exc, UpstreamClosed) and plan.session is not None and exchange.events == 0
+        isinstance(exc, (UpstreamClosed, LanesRefused))
+        and plan.session is not None
+        and exchange.events == 0
     )
     if not retryable or exchange.sink is None or exchange.sink.gone:
         return None

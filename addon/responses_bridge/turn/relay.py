@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from responses_bridge.io.lanes import Lane, SharedSocket
 from responses_bridge.io.loopback import IncomingRequest
 from responses_bridge.io.upstream import UpstreamSocket, open_socket
 from responses_bridge.protocol import sse
@@ -20,6 +22,7 @@ from responses_bridge.protocol.encoding import decode_body
 from responses_bridge.protocol.errors import (
     BackgroundNotBridged,
     BridgeError,
+    LanesRefused,
     ResponseInProgress,
     UpstreamProtocolError,
     UpstreamRejected,
@@ -47,6 +50,7 @@ from responses_bridge.turn.planning import Plan
 logger = logging.getLogger(__name__)
 
 _MAX_EVENTS_BEFORE_CREATED = 1000
+EventSocket = UpstreamSocket | Lane
 # Upgrade refusals that say "no websocket endpoint here" (426 by the protocol; 404/405 from
 # servers that only route POST): the request can still go over HTTP as it came.
 NO_WEBSOCKET_MODE_STATUSES = frozenset({404, 405, 426})
@@ -97,6 +101,12 @@ async def answer(
             proxy=settings.proxy,
             address=exchange.upstream_address,
         )
+        # Lanes: this owner's conversations share its socket, unless the upstream refused them.
+        shared = (
+            partial(_open_shared, connect)
+            if settings.lanes and registry.lanes.allows(exchange.upstream_url)
+            else None
+        )
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "responses-bridge: upstream %s, upgrade headers %s",
@@ -114,11 +124,12 @@ async def answer(
         ):
             raise ResponseInProgress(turn.previous_id, settings.drain_timeout)
         plan = planning.first_plan(registry, exchange, turn)
-        for attempt_number in (1, 2):
+        retries = 0
+        for _attempt in range(4):  # one retry, plus a resend for each refused lane
             session = plan.session or await registry.open(
-                turn.owner, exchange.upstream_url, connect
+                turn.owner, exchange.upstream_url, connect, shared=shared
             )
-            if settings.stateful:
+            if settings.stateful and session.carrier is None:
                 # Refill the warm pool so the next fresh request of this owner finds a socket
                 # already open, even one sent while this answer still streams; not before the
                 # client has this answer's first output, as a handshake's CPU would delay it
@@ -132,8 +143,14 @@ async def answer(
             exchange.events = 0
             exchange.last_event_at = time.monotonic()
             socket = session.socket
-            assert isinstance(socket, UpstreamSocket)
-            attempt: dict[str, Any] = {"socket": plan.label, "sent": plan.frame, "events": []}
+            assert isinstance(socket, (UpstreamSocket, Lane))
+            exchange.socket_id = socket.label
+            attempt: dict[str, Any] = {
+                "socket": plan.label,
+                "socket_id": socket.label,
+                "sent": plan.frame,
+                "events": [],
+            }
             exchange.attempts.append(attempt)
             retain_as: str | None = None
             try:
@@ -142,17 +159,29 @@ async def answer(
                         if logger.isEnabledFor(logging.DEBUG):
                             logger.debug("responses-bridge: ws > %s", sse.dumps(plan.frame)[:500])
                         await socket.send_event(plan.frame)
+                        if isinstance(socket, Lane):
+                            exchange.lane = attempt["lane"] = socket.name
                         exchange.dispatched.set()
                         relay = relay_stream if client.stream else relay_json
                         folder = await relay(socket, sink, exchange, plan)
                     except BridgeError as exc:
+                        if isinstance(exc, LanesRefused) and not sink.started:
+                            if exc.upstream_wide:
+                                registry.lanes.refused(exchange.upstream_url)
+                                shared = None
+                            if plan.session is None:
+                                # Never shown to the client: the same request again, on
+                                # another socket (without a lane, if the upstream refused).
+                                logger.info("responses-bridge: %s; resending it", exc.message)
+                                continue
                         retry = (
                             None
-                            if attempt_number > 1 or sink.started
+                            if retries or sink.started
                             else planning.retry_plan(exc, plan, exchange)
                         )
                         if retry is None:
                             raise
+                        retries += 1
                         logger.info(
                             "responses-bridge: %s; resending as %s", exc.message, retry.label
                         )
@@ -168,7 +197,10 @@ async def answer(
                 attempt["socket_end"] = (
                     {"retained_as": retain_as} if retain_as else socket.end_state()
                 )
+                if isinstance(socket, Lane) and socket.carrier.refused:
+                    registry.lanes.refused(exchange.upstream_url)  # it ignored stream_id
             return
+        raise LanesRefused("The upstream refused every lane.", upstream_wide=False)
     except BridgeError as exc:
         exchange.error = f"{type(exc).__name__}: {exc.message}"
         exchange.error_code = exc.code or type(exc).__name__
@@ -184,6 +216,10 @@ async def answer(
         exchange.dispatched.set()
         exchange.status = sink.status
         exchange.finished = time.monotonic()
+
+
+async def _open_shared(connect: Callable[[], Awaitable[UpstreamSocket]]) -> SharedSocket:
+    return SharedSocket(await connect())
 
 
 def _route_of(exchange: Exchange) -> str:
@@ -203,7 +239,7 @@ def _bridge_headers(exchange: Exchange) -> list[tuple[str, str]]:
 
 
 async def _next_event(
-    socket: UpstreamSocket, sink: ClientSink, exchange: Exchange
+    socket: EventSocket, sink: ClientSink, exchange: Exchange
 ) -> tuple[dict[str, Any], str]:
     """The next upstream event, within the idle timeout (or what is left of the drain time),
     sending an SSE keep-alive comment to a streaming client while the upstream is silent."""
@@ -235,7 +271,7 @@ async def _next_event(
 
 
 async def _next_event_within(
-    socket: UpstreamSocket, sink: ClientSink, exchange: Exchange, linger: float
+    socket: EventSocket, sink: ClientSink, exchange: Exchange, linger: float
 ) -> tuple[dict[str, Any], str] | None:
     """The next upstream event if it is waiting or comes within ``linger`` seconds, else None."""
     if socket.has_pending():
@@ -263,7 +299,7 @@ def _show_previous(event: dict[str, Any], plan: Plan) -> tuple[dict[str, Any], b
 
 
 async def relay_stream(
-    socket: UpstreamSocket, sink: ClientSink, exchange: Exchange, plan: Plan
+    socket: EventSocket, sink: ClientSink, exchange: Exchange, plan: Plan
 ) -> ResponseFolder:
     """Relay upstream events as SSE, committing ``200`` at ``response.created``."""
     settings = exchange.settings
@@ -378,7 +414,7 @@ async def relay_stream(
 
 
 async def relay_json(
-    socket: UpstreamSocket, sink: ClientSink, exchange: Exchange, plan: Plan
+    socket: EventSocket, sink: ClientSink, exchange: Exchange, plan: Plan
 ) -> ResponseFolder:
     """Fold upstream events into the final Response object and send it as JSON."""
     folder = ResponseFolder()
