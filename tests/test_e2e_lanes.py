@@ -19,29 +19,11 @@ import pytest
 from tests.conftest import StartBridge
 from tests.fake_upstream import FakeUpstream, context_count
 from tests.harness import read_flows, wait_until
+from tests.test_e2e_sessions import turn
 
 
 def client_for(base_url: str, key: str = "sk-lanes-a") -> openai.OpenAI:
     return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=30)
-
-
-def turn(
-    client: openai.OpenAI, text: str, previous: str | None = None, *, stream: bool = False
-) -> tuple[Any, str]:
-    """One turn; the Response and the x-responses-bridge header."""
-    kwargs: dict[str, Any] = {"model": "m", "input": text, "store": False}
-    if previous is not None:
-        kwargs["previous_response_id"] = previous
-    if stream:
-        raw = client.responses.with_raw_response.create(stream=True, **kwargs)
-        final = None
-        for event in raw.parse():
-            if event.type == "response.completed":
-                final = event.response
-        assert final is not None
-        return final, raw.headers.get("x-responses-bridge", "")
-    raw = client.responses.with_raw_response.create(**kwargs)
-    return raw.parse(), raw.headers.get("x-responses-bridge", "")
 
 
 def run_all(*jobs: Any) -> list[Any]:
@@ -362,8 +344,12 @@ async def test_commands_show_sockets_lanes_and_chains() -> None:
         async with httpx.AsyncClient(timeout=30) as client:
             body = {"model": "m", "input": "slow fake:slow=150", "store": False}
             busy = asyncio.create_task(client.post(url, json=body, headers=auth))
-            await asyncio.sleep(0.3)
-            stats = json.loads(master.commands.execute("responses_bridge.stats"))
+            async with asyncio.timeout(10):
+                while True:  # until the request runs on its lane
+                    stats = json.loads(master.commands.execute("responses_bridge.stats"))
+                    if stats["lanes_in_use"]:
+                        break
+                    await asyncio.sleep(0.01)
             assert stats["lanes_in_use"] == 1 and stats["open_sockets"] == 1
             rows = [json.loads(r) for r in master.commands.execute(
                 "responses_bridge.sessions").splitlines()]  # fmt: skip

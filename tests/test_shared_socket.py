@@ -5,7 +5,7 @@ apart, and a lost socket failing every lane."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -28,6 +28,13 @@ async def shared(fake: FakeUpstream) -> SharedSocket:
 
 def create(text: str, **extra: Any) -> dict[str, Any]:
     return {"type": "response.create", "model": "m", "input": text, "store": False, **extra}
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5) -> None:
+    """Let the loop run until ``condition`` holds (at most ``timeout`` seconds)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
 
 
 async def answer(lane: Lane) -> list[dict[str, Any]]:
@@ -58,10 +65,10 @@ async def test_two_lanes_run_at_once_and_get_their_own_events(fake: FakeUpstream
     await three.send_event(create("three", previous_response_id=first[-1]["response"]["id"]))
     events = await answer(three)
     assert "context: 2 user messages" in events[-1]["response"]["output"][0]["content"][0]["text"]
+    assert not carrier._forks  # none waits: the continuation has begun
     for lane in (one, two, three):
         await lane.close()
-    await asyncio.sleep(0.1)
-    assert carrier.closed  # no conversation holds it any more
+    await until(lambda: carrier.closed)  # no conversation holds it any more
 
 
 async def test_a_name_is_not_reused_while_its_response_runs(fake: FakeUpstream) -> None:
@@ -78,8 +85,8 @@ async def test_a_name_is_not_reused_while_its_response_runs(fake: FakeUpstream) 
     assert keeper.name != abandoned.name
     events = await answer(keeper)
     assert "echo: next" in events[-1]["response"]["output"][0]["content"][0]["text"]
-    await asyncio.sleep(0.6)  # the abandoned response ends; its name is free again
-    assert carrier.in_flight == 0
+    await until(lambda: carrier.in_flight == 0)  # the abandoned response ends upstream
+    assert abandoned.name not in carrier._busy
     await keeper.close()
 
 
@@ -112,6 +119,22 @@ async def test_a_fork_waits_until_the_other_continuation_has_begun(fake: FakeUps
     await sending
     results = await asyncio.gather(answer(left), answer(right))
     assert all(events[-1]["type"] == "response.completed" for events in results)
+    assert not carrier._forks  # nothing is kept once both have begun
+    await carrier.close()
+
+
+async def test_a_socket_out_of_names_refuses_the_lane_and_takes_no_more(
+    fake: FakeUpstream,
+) -> None:
+    carrier = await shared(fake)
+    lane = carrier.share(16)
+    assert lane is not None
+    fake.next_errors = [(400, "websocket_stream_limit_reached")]
+    await lane.send_event(create("one more"))
+    with pytest.raises(LanesRefused) as caught:
+        await lane.receive(5)
+    assert not caught.value.upstream_wide  # this socket only: another one is fine
+    assert carrier.retired and not carrier.refused and carrier.share(16) is None
     await carrier.close()
 
 

@@ -124,6 +124,7 @@ class SharedSocket:
                 except TimeoutError:
                     pass
             self._forks[previous] = lane._begun
+            lane._continuing = previous
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(
                 self._read(), name=f"responses-bridge lanes of {self.label}"
@@ -135,7 +136,7 @@ class SharedSocket:
         self._handles.discard(lane)
         if lane.name is not None and self._busy.get(lane.name) is lane:
             self._busy[lane.name] = None  # its late events are dropped until its response ends
-        lane._begun.set()
+        self._begun(lane)
         if not self._handles and self._closing is None:
             self.retired = True  # closing: a request now must not take a lane of it
             self._closing = asyncio.get_running_loop().create_task(
@@ -172,7 +173,7 @@ class SharedSocket:
                     self.retired = True
             if lane is not None:
                 if kind in _FORK_BEGUN:
-                    lane._begun.set()
+                    self._begun(lane)
                 lane._push((event, raw))
                 if lane.backlog > LANE_BACKLOG_BYTES:
                     return lane
@@ -217,6 +218,14 @@ class SharedSocket:
             )
         )
 
+    def _begun(self, lane: Lane) -> None:
+        """``lane``'s response has begun upstream (or will not): a create continuing the same
+        response may go now."""
+        lane._begun.set()
+        previous, lane._continuing = lane._continuing, None
+        if previous is not None and self._forks.get(previous) is lane._begun:
+            del self._forks[previous]
+
     def _end(self, name: str) -> None:
         """The response running under ``name`` has ended: the name is free again."""
         if name in self._busy:
@@ -229,7 +238,7 @@ class SharedSocket:
         for lane in [*self._busy.values(), *self._handles]:
             if lane is not None:
                 lane._push(failure)
-                lane._begun.set()
+                self._begun(lane)
         if not self.socket.closed and self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(
                 self.socket.close(), name=f"responses-bridge close {self.label}"
@@ -251,6 +260,7 @@ class Lane:
         self._began = False  # the current response has had an event other than an error
         self._begun = asyncio.Event()
         self._begun.set()
+        self._continuing: str | None = None  # the previous response its create names
 
     @property
     def label(self) -> str:

@@ -11,6 +11,7 @@ so names are a small pool, reused once a response has ended.
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import Any
 
 NAMES_PER_SOCKET = 32
@@ -33,7 +34,7 @@ def without_stream_id(raw: str, name: str) -> str | None:
     occurs more than once, or the member is not where the edit expects it)."""
     if raw.count(_KEY) != 1:
         return None
-    match = re.search(r'"stream_id"\s*:\s*"' + re.escape(name) + '"', raw)
+    match = _member(name).search(raw)
     if match is None:
         return None
     start, end = match.span()
@@ -45,6 +46,12 @@ def without_stream_id(raw: str, name: str) -> str | None:
     if raw[before - 1 : before] == ",":
         return raw[: before - 1] + raw[end:]
     return None
+
+
+@cache
+def _member(name: str) -> re.Pattern[str]:
+    """The ``"stream_id": "<name>"`` member, compiled once per name (names are a small pool)."""
+    return re.compile(r'"stream_id"\s*:\s*"' + re.escape(name) + '"')
 
 
 def refuses_lanes(event: dict[str, Any], name: str, *, echoed_before: bool) -> bool:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -244,9 +245,11 @@ class Pool:
         return session
 
     def _carrier_usable(self, carrier: Carrier) -> bool:
+        """Open, young enough, and still the pool's (a swept one is being closed)."""
         return (
             not carrier.connection.closed
             and self.clock() - carrier.opened_at < self.limits.max_socket_age
+            and carrier in self._carriers.get((carrier.owner, carrier.upstream), ())
         )
 
     def _open_carriers(self, key: tuple[str, str]) -> list[Carrier]:
@@ -279,15 +282,8 @@ class Pool:
 
     async def _connect_carrier(self, key: tuple[str, str], connect: ConnectShared) -> Carrier:
         owner, upstream = key
-        self._connecting += 1
-        self._connecting_for[owner] += 1
-        try:
+        with self._connecting_one(owner):
             connection = await connect()
-        finally:
-            self._connecting -= 1
-            self._connecting_for[owner] -= 1
-            if not self._connecting_for[owner]:
-                del self._connecting_for[owner]
         carrier = Carrier(connection, owner, upstream, opened_at=self.clock())
         self._carriers.setdefault(key, []).append(carrier)
         return carrier
@@ -295,11 +291,6 @@ class Pool:
     def carriers(self) -> list[Carrier]:
         """Every shared connection the pool knows of (open or not yet dropped)."""
         return [c for carriers in self._carriers.values() for c in carriers]
-
-    def has_room_for_lane(self, owner: str, upstream: str) -> bool:
-        """Whether a fresh turn of this owner would find a lane without a handshake."""
-        cap = self.limits.lanes_per_socket
-        return any(c.connection.in_flight < cap for c in self._open_carriers((owner, upstream)))
 
     def sweep_carriers(self) -> int:
         """Close shared connections no conversation holds (one opened for requests that all
@@ -320,16 +311,22 @@ class Pool:
         """The sockets ``owner`` holds: open (idle, warm or in flight) or being connected."""
         return self._connecting_for[owner] + sum(s.owner == owner for s in self.sessions)
 
-    async def _connect(self, owner: str, upstream: str, connect: Connect) -> Session:
+    @contextmanager
+    def _connecting_one(self, owner: str) -> Iterator[None]:
+        """Count a connection being opened for ``owner`` (capacity counts it) while it is."""
         self._connecting += 1
         self._connecting_for[owner] += 1
         try:
-            socket = await connect()
+            yield
         finally:
             self._connecting -= 1
             self._connecting_for[owner] -= 1
             if not self._connecting_for[owner]:
                 del self._connecting_for[owner]
+
+    async def _connect(self, owner: str, upstream: str, connect: Connect) -> Session:
+        with self._connecting_one(owner):
+            socket = await connect()
         now = self.clock()
         session = Session(socket, owner, upstream, opened_at=now, last_used=now)
         self.sessions.add(session)
