@@ -24,6 +24,7 @@ change the behaviour:
 ``empty``                       no output items at all
 ``error=STATUS[:CODE]``         an error frame with ``status`` instead of an answer
 ``error_status_code=S[:CODE]``  the same with ``status_code`` (ChatGPT backend style)
+``error_headers``               the error frame carries ``headers`` (``ERROR_FRAME_HEADERS``)
 ``failed`` / ``incomplete``     end with ``response.failed`` / ``response.incomplete``
 ``failed=bare``                 ``response.failed`` whose response has no ``error``
 ``close=CODE``                  close the socket (1006: drop TCP without a close frame)
@@ -323,6 +324,16 @@ def error_body(
             "code": code or default_code,
         }
     }
+
+
+# What an error frame's ``headers`` hold with ``fake:error_headers``: the retry hint and the
+# rate-limit state the HTTP endpoint sends with a 429, and one header no client should get.
+ERROR_FRAME_HEADERS = {
+    "retry-after": "7",
+    "x-ratelimit-remaining-requests": "0",
+    "x-ratelimit-reset-requests": "7s",
+    "set-cookie": "upstream=secret",
+}
 
 
 def error_frame(
@@ -677,6 +688,10 @@ class FakeUpstream:
     ) -> None:
         self.handshake_status = handshake_status
         self.handshake_redirect: str | None = None  # a Location to answer upgrades with (302)
+        # Headers added to every handshake's answer (accepted or refused); ``{n}`` in a value
+        # becomes the handshake's number (1, 2, ...), as a request id differs per connection.
+        self.handshake_response_headers: list[tuple[str, str]] = []
+        self._handshakes = 0
         self.handshake_delay = handshake_delay
         self.default_directives = default_directives
         self.event_delay = event_delay
@@ -723,6 +738,7 @@ class FakeUpstream:
             "127.0.0.1",
             self.port,
             process_request=self._process_request,
+            process_response=self._process_response,
             compression=None,
             open_timeout=None,
             close_timeout=3,
@@ -816,6 +832,8 @@ class FakeUpstream:
 
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         self.handshake_headers.append(_lower_headers(request.headers))
+        self._handshakes += 1
+        conn.fake_handshake_number = self._handshakes  # type: ignore[attr-defined]
         await self._sleep(self.handshake_delay)
         if self.handshake_redirect is not None:
             return _json_response(
@@ -825,7 +843,19 @@ class FakeUpstream:
         if status is None:
             return None
         message = f"The fake upstream refused the websocket upgrade with HTTP {status}."
-        return _json_response(status, error_body(status, message))
+        return _json_response(status, error_body(status, message), self._extra_headers(conn))
+
+    def _extra_headers(self, conn: ServerConnection) -> tuple[tuple[str, str], ...]:
+        n = str(getattr(conn, "fake_handshake_number", 0))
+        return tuple((k, v.replace("{n}", n)) for k, v in self.handshake_response_headers)
+
+    def _process_response(
+        self, conn: ServerConnection, request: Request, response: Response
+    ) -> Response:
+        if response.status_code == 101:
+            for name, value in self._extra_headers(conn):
+                response.headers[name] = value
+        return response
 
     # -- connection
 
@@ -1357,6 +1387,8 @@ class _Turn:
                 err_type=err_type,
                 status_key="status" if key == "error" else "status_code",
             )
+            if "error_headers" in d:
+                frame["headers"] = dict(ERROR_FRAME_HEADERS)
             injects.append(_Inject(at, "error", frame))
         elif "failed" in d:
             pos = (

@@ -8,9 +8,12 @@ import pytest
 from responses_bridge.protocol.headers import (
     LOGGABLE_HEADERS,
     PER_REQUEST_HEADERS,
+    error_frame_headers,
     forwardable_headers,
     identity_headers,
     is_loggable,
+    merged_headers,
+    passed_response_headers,
     rate_limit_headers,
     redact_headers,
 )
@@ -205,3 +208,81 @@ def test_rate_limit_headers_are_bounded_in_number() -> None:
     many = {f"field_{i}": i for i in range(500)}
     headers = rate_limit_headers({"rate_limits": {"primary": many}})
     assert 0 < len(headers) <= 32
+
+
+def test_passed_response_headers_keep_the_allowlist_only() -> None:
+    upstream = [
+        ("X-Request-Id", "req_1"),
+        ("openai-processing-ms", "12"),
+        ("OpenAI-Organization", "org-a"),
+        ("x-ratelimit-remaining-tokens", "999"),
+        ("x-codex-primary-used-percent", "40"),
+        ("retry-after", "3"),
+        ("Set-Cookie", "__cf_bm=secret"),
+        ("Sec-WebSocket-Accept", "abc="),
+        ("Upgrade", "websocket"),
+        ("Content-Length", "0"),
+        ("x-responses-bridge", "fresh"),  # the bridge's own name, never from upstream
+        ("server", "cloudflare"),
+    ]
+    assert passed_response_headers(upstream) == [
+        ("x-request-id", "req_1"),
+        ("openai-processing-ms", "12"),
+        ("openai-organization", "org-a"),
+        ("x-ratelimit-remaining-tokens", "999"),
+        ("x-codex-primary-used-percent", "40"),
+        ("retry-after", "3"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        ("x-request-id", "a\r\nset-cookie: x=y"),
+        ("x-request-id", "caf\u00e9"),
+        ("x-request-id", "x" * 1025),
+        ("x-ratelimit-a\r\nb", "1"),
+        ("x-ratelimit-\u00e9", "1"),
+        ("", "1"),
+        (7, "1"),
+        ("retry-after", None),
+        ("retry-after", {"seconds": 3}),
+    ],
+)
+def test_passed_response_headers_drop_what_an_http_head_cannot_carry(pair: tuple) -> None:
+    assert passed_response_headers([pair]) == []
+
+
+def test_passed_response_headers_are_bounded_and_render_scalars() -> None:
+    many = [(f"x-ratelimit-n{i}", i) for i in range(500)]
+    assert len(passed_response_headers(many)) == 64
+    assert passed_response_headers([("retry-after", 2.5), ("x-reasoning-included", True)]) == [
+        ("retry-after", "2.5"),
+        ("x-reasoning-included", "true"),
+    ]
+
+
+def test_error_frame_headers_accept_an_object_or_pairs_at_either_level() -> None:
+    flat = {"type": "error", "status": 429, "headers": {"retry-after": 7, "set-cookie": "x"}}
+    assert error_frame_headers(flat) == [("retry-after", "7")]
+    pairs = {"type": "error", "headers": [["x-ratelimit-limit-requests", "60"], ["bad"], "x"]}
+    assert error_frame_headers(pairs) == [("x-ratelimit-limit-requests", "60")]
+    nested = {
+        "type": "error",
+        "error": {"code": "rate_limit_exceeded", "headers": {"retry-after-ms": "700"}},
+    }
+    assert error_frame_headers(nested) == [("retry-after-ms", "700")]
+    assert error_frame_headers({"type": "error", "headers": "retry-after: 1"}) == []
+    assert error_frame_headers({"type": "error"}) == []
+
+
+def test_merged_headers_let_a_later_list_replace_names() -> None:
+    handshake = [("x-request-id", "req_1"), ("x-codex-primary-used-percent", "10")]
+    events = [("x-codex-primary-used-percent", "55"), ("x-codex-primary-window-minutes", "300")]
+    assert merged_headers(handshake, events) == [
+        ("x-request-id", "req_1"),
+        ("x-codex-primary-used-percent", "55"),
+        ("x-codex-primary-window-minutes", "300"),
+    ]
+    # Repeated names within one list are all kept.
+    assert merged_headers([("a", "1"), ("a", "2")], []) == [("a", "1"), ("a", "2")]

@@ -276,6 +276,10 @@ class Lane:
     def end_state(self) -> dict[str, Any]:
         return {**self.carrier.socket.end_state(), "lane": self.name}
 
+    def take_handshake_headers(self) -> list[tuple[str, str]]:
+        """The shared socket's handshake headers, for the first lane's answer only."""
+        return self.carrier.socket.take_handshake_headers()
+
     def _begin(self, name: str) -> None:
         self.name = name
         self._inbox.clear()

@@ -36,6 +36,7 @@ from responses_bridge.protocol.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from responses_bridge.protocol.headers import passed_response_headers
 
 # The library logs handshake headers (Authorization included) at debug level: keep it quiet.
 _LIBRARY_LOGGER = logging.getLogger("responses_bridge.websockets")
@@ -136,6 +137,16 @@ class UpstreamSocket:
         assembler = getattr(connection, "recv_messages", None)
         queue = getattr(getattr(assembler, "frames", None), "queue", None)
         self._frames: Sequence[object] = queue if isinstance(queue, Sequence) else ()
+        response = getattr(connection, "response", None)
+        self._handshake_headers = (
+            passed_response_headers(response.headers.raw_items()) if response is not None else []
+        )
+
+    def take_handshake_headers(self) -> list[tuple[str, str]]:
+        """The handshake response's headers a client gets (``protocol.headers``), once: they
+        describe the request that opened the socket, so only the first answer on it has them."""
+        headers, self._handshake_headers = self._handshake_headers, []
+        return headers
 
     @property
     def closed(self) -> bool:
@@ -271,6 +282,7 @@ async def open_socket(
                 status, bytes(exc.response.body or b""), exc.response.headers.get("Location")
             ),
             status=status if 400 <= status <= 599 else 502,
+            headers=dict(passed_response_headers(exc.response.headers.raw_items())),
         ) from exc
     except ssl.SSLCertVerificationError as exc:
         raise UpstreamUnavailable(

@@ -131,7 +131,13 @@ class UpstreamResponseError(BridgeError):
     ``upstream_error`` keeps the upstream's own error object so it reaches the client unchanged.
     """
 
-    def __init__(self, upstream_error: dict[str, Any], *, status: int | None) -> None:
+    def __init__(
+        self,
+        upstream_error: dict[str, Any],
+        *,
+        status: int | None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> None:
         message = str(upstream_error.get("message") or "The upstream reported an error.")
         code = upstream_error.get("code")
         param = upstream_error.get("param")
@@ -141,6 +147,7 @@ class UpstreamResponseError(BridgeError):
             error_type=str(upstream_error.get("type") or "upstream_error"),
             code=str(code) if code is not None else None,
             param=str(param) if param is not None else None,
+            headers=dict(headers or []),
         )
         self.upstream_error = upstream_error
 

@@ -1,5 +1,6 @@
-"""Which headers go where: forwarded on the websocket upgrade, kept out of logs, and the
-response headers the bridge makes from what the upstream says. Pure."""
+"""Which headers go where: forwarded on the websocket upgrade, kept out of logs, passed from the
+upstream to the client, and the response headers the bridge makes from what the upstream says.
+Pure."""
 
 from __future__ import annotations
 
@@ -170,3 +171,91 @@ def rate_limit_headers(event: dict[str, Any]) -> list[tuple[str, str]]:
             if name is not None and text is not None:
                 headers.append((f"x-codex-credits-{name}", text))
     return headers[:_MAX_RATE_LIMIT_HEADERS]
+
+
+# The upstream's response headers a client gets (from the websocket handshake's response, an
+# error frame's ``headers``, or a refused upgrade), as the HTTP endpoint would have sent them:
+# request ids and timings for support tickets, the versions and the organization/project billed,
+# retry hints and rate-limit state that SDKs and Codex read. An allowlist: every other header
+# (cookies, framing, the upgrade's own, whatever an upstream invents) describes the websocket
+# rather than this response, or would be the client's first sight of a credential.
+PASSED_RESPONSE_HEADERS = frozenset(
+    {
+        "x-request-id",
+        "openai-processing-ms",
+        "openai-version",
+        "openai-organization",
+        "openai-project",
+        "openai-model",
+        "retry-after",
+        "retry-after-ms",
+        "x-models-etag",
+        "x-reasoning-included",
+    }
+)
+PASSED_RESPONSE_PREFIXES = ("x-ratelimit-", "x-codex-")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
+_MAX_PASSED_HEADERS = 64
+_MAX_PASSED_VALUE = 1024
+
+
+def is_passed_response_header(name: str) -> bool:
+    """Whether an upstream response header reaches the client (see ``PASSED_RESPONSE_HEADERS``)."""
+    lower = name.lower()
+    return lower in PASSED_RESPONSE_HEADERS or lower.startswith(PASSED_RESPONSE_PREFIXES)
+
+
+def passed_response_headers(headers: Iterable[tuple[Any, Any]]) -> list[tuple[str, str]]:
+    """The upstream's headers a client gets: allowlisted names, lowercased, with values fit for
+    an HTTP head (printable ASCII, at most 1 KiB; numbers and booleans as text); at most 64."""
+    passed: list[tuple[str, str]] = []
+    for name, value in headers:
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            continue
+        if not is_passed_response_header(name):
+            continue
+        text = _header_value(value)
+        if text is not None:
+            passed.append((name.lower(), text))
+            if len(passed) == _MAX_PASSED_HEADERS:
+                break
+    return passed
+
+
+def _header_value(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        text = str(value).strip()
+        if len(text) <= _MAX_PASSED_VALUE and text.isascii() and text.isprintable():
+            return text
+    return None
+
+
+def error_frame_headers(event: dict[str, Any]) -> list[tuple[str, str]]:
+    """The passed headers an upstream ``error`` frame carries in ``headers`` (an object, or a
+    list of name/value pairs; at the top level or inside ``error``)."""
+    for holder in (event, event.get("error")):
+        if not isinstance(holder, dict):
+            continue
+        raw = holder.get("headers")
+        if isinstance(raw, dict):
+            return passed_response_headers(raw.items())
+        if isinstance(raw, list):
+            pairs = [
+                tuple(pair) for pair in raw if isinstance(pair, (list, tuple)) and len(pair) == 2
+            ]
+            return passed_response_headers(pairs)
+    return []
+
+
+def merged_headers(*layers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Header lists combined, a later list's names replacing an earlier one's (a rate-limit
+    event is newer than the handshake that opened the socket)."""
+    merged: dict[str, list[tuple[str, str]]] = {}
+    for layer in layers:
+        fresh: dict[str, list[tuple[str, str]]] = {}
+        for name, value in layer:
+            fresh.setdefault(name.lower(), []).append((name, value))
+        merged.update(fresh)
+    return [pair for pairs in merged.values() for pair in pairs]

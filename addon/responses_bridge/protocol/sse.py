@@ -73,6 +73,9 @@ def error_event(error: BridgeError, sequence_number: int | None = None) -> dict[
         "param": inner.get("param"),
         "error": inner,
     }
+    if error.headers:
+        # What the HTTP answer would have carried as headers (retry-after, rate limits).
+        event["headers"] = dict(error.headers)
     if sequence_number is not None:
         event["sequence_number"] = sequence_number
     return event

@@ -71,6 +71,8 @@ class Exchange:
     attempts: list[dict[str, Any]] = field(default_factory=list)  # what went over the websocket
     first_event_at: float | None = None
     rate_limits: dict[str, Any] | None = None
+    # The upstream's headers for the client: the handshake's, when this request opened the socket.
+    upstream_headers: list[tuple[str, str]] = field(default_factory=list)
     # Called with the response id when the upstream announces it (response.created).
     on_created: Callable[[str], None] | None = None
     no_websocket_mode: bool = False  # the upgrade was refused with 404, 405 or 426

@@ -37,7 +37,9 @@ from responses_bridge.protocol.events import (
     error_status,
 )
 from responses_bridge.protocol.headers import (
+    error_frame_headers,
     forwardable_headers,
+    merged_headers,
     rate_limit_headers,
     redact_headers,
 )
@@ -145,6 +147,7 @@ async def answer(
             socket = session.socket
             assert isinstance(socket, (UpstreamSocket, Lane))
             exchange.socket_id = socket.label
+            exchange.upstream_headers = socket.take_handshake_headers()
             attempt: dict[str, Any] = {
                 "socket": plan.label,
                 "socket_id": socket.label,
@@ -208,7 +211,8 @@ async def answer(
             isinstance(exc, UpstreamRejected) and exc.status in NO_WEBSOCKET_MODE_STATUSES
         )
         if not sink.started:
-            await sink.send_json(exc.status, exc.body(), list(exc.headers.items()))
+            headers = merged_headers(exchange.upstream_headers, exc.headers.items())
+            await sink.send_json(exc.status, exc.body(), headers)
         elif not sink.finished:
             await sink.write(sse.encode_event(sse.error_event(exc)))
             await sink.end_stream()
@@ -235,6 +239,8 @@ def _bridge_headers(exchange: Exchange) -> list[tuple[str, str]]:
     ]
     if exchange.rate_limits is not None:
         headers += rate_limit_headers(exchange.rate_limits)
+    if exchange.upstream_headers:
+        return merged_headers(exchange.upstream_headers, headers)
     return headers
 
 
@@ -375,7 +381,7 @@ async def relay_stream(
                 await sink.write(sse.encode_event(event, raw))
             continue
         if kind is EventKind.ERROR:
-            failure = UpstreamResponseError(error_object(event), status=error_status(event))
+            failure = _error_frame_failure(event)
             if not sink.started:
                 raise failure
             sequence = event.get("sequence_number")
@@ -422,7 +428,7 @@ async def relay_json(
         event, _raw = await _next_event(socket, sink, exchange)
         kind = classify(event)
         if kind is EventKind.ERROR:
-            raise UpstreamResponseError(error_object(event), status=error_status(event))
+            raise _error_frame_failure(event)
         terminal, _changed = folder.feed(event)
         if kind is not EventKind.TERMINAL:
             continue
@@ -437,3 +443,10 @@ async def relay_json(
             )
         await sink.send_json(200, response, _bridge_headers(exchange))
         return folder
+
+
+def _error_frame_failure(event: dict[str, Any]) -> UpstreamResponseError:
+    """An upstream ``error`` frame as the error the client gets, its passed headers included."""
+    return UpstreamResponseError(
+        error_object(event), status=error_status(event), headers=error_frame_headers(event)
+    )
