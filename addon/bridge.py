@@ -131,6 +131,7 @@ class ResponsesBridge:
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._flows.put_back(flow)
+        self._flows.listeners.release(flow.id)
         if self._flows.passed_through.response(flow):
             return
         exchange = self._flows.exchanges.pop(flow.id, None)
@@ -149,6 +150,7 @@ class ResponsesBridge:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._flows.put_back(flow)
+        self._flows.listeners.release(flow.id)
         if flow.response is not None:
             drop_stream_callable(flow.response)
         self._flows.passed_through.discard(flow.id)

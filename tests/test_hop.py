@@ -8,7 +8,7 @@ import asyncio
 from mitmproxy import connection, http
 from mitmproxy.test import taddons, tflow
 
-from responses_bridge.io.loopback import SECRET_HEADER
+from responses_bridge.io.loopback import MAX_LISTENERS, SECRET_HEADER
 from responses_bridge.mitm import hop
 
 
@@ -147,3 +147,63 @@ def test_install_puts_the_restorer_first_and_the_router_last() -> None:
         assert addons.chain == [restorer, *before, router]
         hop.uninstall(addons, restorer, router)
         assert addons.chain == before
+
+
+class _Ports:
+    """A stand-in for ``LoopbackServer``'s port book-keeping (binds nothing)."""
+
+    def __init__(self) -> None:
+        self.ports = [5000]
+
+    def port_at(self, index: int) -> int:
+        index = min(index, MAX_LISTENERS - 1)
+        while len(self.ports) <= index:
+            self.ports.append(5000 + len(self.ports))
+        return self.ports[index]
+
+
+def flows_of(client: connection.Client, count: int) -> list[http.HTTPFlow]:
+    made = [api_flow() for _ in range(count)]
+    for flow in made:
+        flow.client_conn = client
+    return made
+
+
+def test_listeners_give_each_port_at_most_five_of_a_client_connection_s_flows() -> None:
+    server = _Ports()
+    listeners = hop.Listeners(server)  # type: ignore[arg-type]
+    h2_client = tflow.tclient_conn()
+    streams = flows_of(h2_client, 12)
+    ports = [listeners.port_for(f) for f in streams]
+    assert ports == [5000] * 5 + [5001] * 5 + [5002] * 2
+    # Another client connection starts on the first port again (mitmproxy counts per client).
+    other = flows_of(tflow.tclient_conn(), 1)[0]
+    assert listeners.port_for(other) == 5000
+    # A stream that ends makes room on its port; the next one takes the first with room.
+    listeners.release(streams[1].id)
+    assert listeners.port_for(flows_of(h2_client, 1)[0]) == 5000
+    listeners.release(streams[7].id)
+    listeners.release(streams[7].id)  # twice is harmless
+    assert listeners.port_for(flows_of(h2_client, 1)[0]) == 5001
+    assert listeners.in_flight() == 13
+
+
+def test_listeners_keep_an_http1_client_on_the_first_port_and_forget_idle_clients() -> None:
+    listeners = hop.Listeners(_Ports())  # type: ignore[arg-type]
+    client = tflow.tclient_conn()
+    for flow in flows_of(client, 20):  # one request at a time: always the same port
+        assert listeners.port_for(flow) == 5000
+        listeners.release(flow.id)
+    assert listeners.in_flight() == 0 and listeners._in_flight == {}
+
+
+def test_listeners_are_bounded_and_a_flow_taken_twice_counts_once() -> None:
+    listeners = hop.Listeners(_Ports())  # type: ignore[arg-type]
+    client = tflow.tclient_conn()
+    many = flows_of(client, MAX_LISTENERS * hop.CONNECTIONS_PER_ADDRESS + 3)
+    ports = [listeners.port_for(f) for f in many]
+    assert len(set(ports)) == MAX_LISTENERS  # past that, the least busy port is shared
+    assert max(ports.count(p) for p in set(ports)) == hop.CONNECTIONS_PER_ADDRESS + 1
+    again = many[0]
+    assert listeners.port_for(again) == listeners.port_for(again)
+    assert listeners.in_flight() == len(many)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from responses_bridge.io.loopback import (
+    MAX_LISTENERS,
     SECRET_HEADER,
     IncomingRequest,
     LoopbackServer,
@@ -180,13 +181,53 @@ async def test_binds_127_0_0_1_only(harness: Harness) -> None:
     port = server.bind()
     assert port > 0
     assert server.port == port
-    assert server._listener is not None
-    assert server._listener.getsockname() == ("127.0.0.1", port)
+    assert [s.getsockname() for s in server._listeners] == [("127.0.0.1", port)]
     await server.serve()
-    assert server._server is not None
-    assert [s.getsockname() for s in server._server.sockets] == [("127.0.0.1", port)]
+    assert [s.getsockname() for srv in server._servers for s in srv.sockets] == [
+        ("127.0.0.1", port)
+    ]
     client = await harness.connect(port)
     assert (await client.exchange(raw_request(body=b"{}"))).status == 200
+
+
+async def test_more_ports_are_bound_on_demand_and_all_serve(harness: Harness) -> None:
+    recorder = Recorder()
+    server = LoopbackServer(recorder, SECRET, lambda: 1000)
+    harness.servers.append(server)
+    await server.serve()
+    assert server.ports == [server.port]
+    third = server.port_at(2)  # binds the second and the third
+    assert len(server.ports) == 3 and server.ports[2] == third
+    assert len(set(server.ports)) == 3
+    assert server.port_at(1) == server.ports[1]  # already bound: the same port
+    for port in server.ports:
+        assert server.listens_on("127.0.0.1", port)
+        client = await harness.connect(port)  # accepted once the loop has run the start
+        assert (await client.exchange(raw_request(body=b"{}"))).status == 200
+    assert not server.listens_on("127.0.0.2", server.port)
+    assert not server.listens_on("127.0.0.1", 1)
+    # Bounded: an index past the last listener gets the last one.
+    assert server.port_at(10_000) == server.ports[-1]
+    assert len(server.ports) == MAX_LISTENERS
+    await server.close()
+    for port in server.ports:
+        with pytest.raises(OSError):
+            await harness.connect(port)
+
+
+async def test_a_port_that_cannot_be_bound_falls_back_to_the_last(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = LoopbackServer(Recorder(), SECRET, lambda: 1000)
+    harness.servers.append(server)
+    await server.serve()
+
+    def out_of_descriptors() -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(server, "_bind_one", out_of_descriptors)
+    assert server.port_at(3) == server.port
+    assert server.ports == [server.port]
 
 
 async def test_serve_binds_when_not_bound(harness: Harness) -> None:

@@ -169,8 +169,12 @@ class ResponseWriter:
 Handler = Callable[[IncomingRequest, ResponseWriter], Awaitable[None]]
 
 
+MAX_LISTENERS = 32
+
+
 class LoopbackServer:
-    """Serves ``handler`` on 127.0.0.1 to requests that carry the secret header."""
+    """Serves ``handler`` on 127.0.0.1 to requests that carry the secret header, on one port
+    or, when asked for more (``port_at``), on up to ``MAX_LISTENERS``."""
 
     def __init__(
         self,
@@ -185,38 +189,86 @@ class LoopbackServer:
         self._on_head = on_head
         self._secret = secret.encode()
         self._max_body_bytes = max_body_bytes
-        self._listener: socket.socket | None = None
-        self._server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] = []
+        self._servers: list[asyncio.Server] = []
+        self._starting: set[asyncio.Task[None]] = set()
+        self._serving = False
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        self.port = 0
+        self.ports: list[int] = []  # one per listener, in the order they were bound
+
+    @property
+    def port(self) -> int:
+        """The first listener's port (0 before ``bind``)."""
+        return self.ports[0] if self.ports else 0
 
     def bind(self) -> int:
         """Bind and listen synchronously so the port is known before the first flow."""
+        if not self._listeners:
+            self._bind_one()
+        return self.port
+
+    def _bind_one(self) -> socket.socket:
         # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say TCP, and
         # accepted sockets inherit it. Without it Nagle + delayed ACKs add ~40 ms per answer.
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(512)
+        try:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(512)
+        except OSError:
+            listener.close()
+            raise
         listener.setblocking(False)
-        self._listener = listener
-        self.port = listener.getsockname()[1]
-        return self.port
+        self._listeners.append(listener)
+        self.ports.append(listener.getsockname()[1])
+        return listener
+
+    def port_at(self, index: int) -> int:
+        """The port of listener ``index`` (0 to ``MAX_LISTENERS - 1``), bound now if it is new;
+        it accepts as soon as the event loop runs again (until then connections wait in the
+        kernel's backlog). Falls back to the last port if no new one can be bound."""
+        index = min(index, MAX_LISTENERS - 1)
+        while len(self._listeners) <= index:
+            try:
+                listener = self._bind_one()
+            except OSError as exc:  # out of ports or descriptors: share the ones there are
+                logger.warning("responses-bridge: cannot open another loopback port: %s", exc)
+                return self.ports[-1] if self.ports else self.bind()
+            if self._serving:
+                task = asyncio.get_running_loop().create_task(
+                    self._start(listener), name="responses-bridge loopback listener"
+                )
+                self._starting.add(task)
+                task.add_done_callback(self._starting.discard)
+        return self.ports[index]
+
+    def listens_on(self, host: str, port: int) -> bool:
+        """Whether ``host``:``port`` is one of this server's listeners."""
+        return host == "127.0.0.1" and port in self.ports
 
     async def serve(self) -> None:
-        """Start accepting connections on the bound socket."""
-        if self._listener is None:
-            self.bind()
-        self._server = await asyncio.start_server(
-            self._on_connection, sock=self._listener, limit=_MAX_HEAD_BYTES
+        """Start accepting connections on the bound sockets."""
+        self.bind()
+        self._serving = True
+        for listener in self._listeners:
+            await self._start(listener)
+
+    async def _start(self, listener: socket.socket) -> None:
+        self._servers.append(
+            await asyncio.start_server(self._on_connection, sock=listener, limit=_MAX_HEAD_BYTES)
         )
 
     async def close(self) -> None:
         """Stop listening and drop every connection; handlers still running after a second
         are cancelled."""
-        if self._server is not None:
-            self._server.close()
-        elif self._listener is not None:
-            self._listener.close()
+        self._serving = False
+        for task in self._starting:
+            task.cancel()
+        if self._starting:
+            await asyncio.wait(list(self._starting))
+        for server in self._servers:
+            server.close()
+        for listener in self._listeners:
+            listener.close()  # those never served; closing a served one again is harmless
         for writer in self._connections.values():
             writer.transport.abort()
         if self._connections:

@@ -70,6 +70,7 @@ class BridgedFlows:
             lambda: self._config().settings.max_body_bytes,
             on_head=self._arrived,
         )
+        self.listeners = hop.Listeners(self.server)
         self.exchanges: dict[str, Exchange] = {}
         # Flows pointed at the loopback server whose head mitmproxy has not sent yet.
         self._originals: dict[str, tuple[http.HTTPFlow, hop.Original]] = {}
@@ -180,7 +181,8 @@ class BridgedFlows:
         if client is not None:
             exchange.client, exchange.body_size = client
         self.exchanges[flow.id] = exchange
-        self._originals[flow.id] = (flow, hop.redirect(flow, self.server.port, self._secret))
+        port = self.listeners.port_for(flow)
+        self._originals[flow.id] = (flow, hop.redirect(flow, port, self._secret))
         return True
 
     @staticmethod
@@ -222,7 +224,7 @@ class BridgedFlows:
             or not flow.live
             or request.raw_content is None  # a streamed request body
             or len(request.raw_content) > exchange.settings.max_body_bytes
-            or (request.host, request.port) != ("127.0.0.1", self.server.port)
+            or not self.server.listens_on(request.host, request.port)
         ):
             return None  # the loopback server starts it when the request arrives
         incoming = IncomingRequest(
@@ -252,6 +254,7 @@ class BridgedFlows:
             return
         original = routed[1]
         self.exchanges.pop(flow.id, None)
+        self.listeners.release(flow.id)
         exchange.client_gone()  # the answer that was waiting for the loopback hop is dropped
         # As a pass-through would, a plain-HTTP request via an upstream proxy carries that
         # proxy's credentials again (UpstreamAuth's header); an HTTPS one never does.

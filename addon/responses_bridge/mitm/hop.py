@@ -7,6 +7,12 @@ map_remote, stickyauth, intercept, other scripts) has seen the request exactly a
 pass-through flow, with its own scheme, host, port and headers, and has changed it as it liked,
 before the bridge takes it. The flow gets its original destination back as soon as the loopback
 server has its head, before any later hook sees it.
+
+``Listeners`` picks the loopback port: mitmproxy lets one client connection hold at most five
+connections to one server address at a time (``proxy/server.py``, ``max_conns``), and gives each
+HTTP/2 stream bound for an HTTP/1.1 server a connection of its own, so an HTTP/2 client's sixth
+concurrent bridged stream would wait for one of the first five to end. Each port takes at most
+five of a client connection's flows at once; more go to further ports.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 from mitmproxy import connection, http
 
-from responses_bridge.io.loopback import SECRET_HEADER
+from responses_bridge.io.loopback import MAX_LISTENERS, SECRET_HEADER, LoopbackServer
 
 FLOW_HEADER = "x-responses-bridge-flow"
 INTERNAL_HEADERS = frozenset({SECRET_HEADER.encode(), FLOW_HEADER.encode()})
@@ -96,6 +102,59 @@ def restore(flow: http.HTTPFlow, original: Original, *, proxy_authorization: boo
         request.headers.pop("host", None)
     else:
         request.host_header = original.host_header
+
+
+# mitmproxy's limit on one client connection's concurrent connections to one address.
+CONNECTIONS_PER_ADDRESS = 5
+
+
+class Listeners:
+    """Which loopback port each bridged flow is sent to: the first one on which the flow's
+    client connection has fewer than ``CONNECTIONS_PER_ADDRESS`` flows in flight. An HTTP/1.1
+    client (one request at a time) always gets the first port, and so keeps its keep-alive
+    connection to the loopback server."""
+
+    def __init__(self, server: LoopbackServer) -> None:
+        self._server = server
+        self._in_flight: dict[str, list[int]] = {}  # client connection id -> flows per port
+        self._assigned: dict[str, tuple[str, int]] = {}  # flow id -> (client id, port index)
+
+    def port_for(self, flow: http.HTTPFlow) -> int:
+        """The port for ``flow``, counted as in flight there until ``release``."""
+        self.release(flow.id)  # a flow taken again (replayed) counts once
+        client = flow.client_conn.id
+        counts = self._in_flight.setdefault(client, [])
+        index = next((i for i, n in enumerate(counts) if n < CONNECTIONS_PER_ADDRESS), None)
+        if index is None:
+            if len(counts) < MAX_LISTENERS:
+                index = len(counts)
+                counts.append(0)
+            else:  # every port is full for this client: it waits on the least busy one
+                index = counts.index(min(counts))
+        port = self._server.port_at(index)
+        index = self._server.ports.index(port)  # the server may have fallen back to another
+        while len(counts) <= index:
+            counts.append(0)
+        counts[index] += 1
+        self._assigned[flow.id] = (client, index)
+        return port
+
+    def release(self, flow_id: str) -> None:
+        """``flow_id`` has ended (or left the loopback hop): its port has room again."""
+        assigned = self._assigned.pop(flow_id, None)
+        if assigned is None:
+            return
+        client, index = assigned
+        counts = self._in_flight.get(client)
+        if counts is None:
+            return
+        counts[index] -= 1
+        if not any(counts):
+            del self._in_flight[client]
+
+    def in_flight(self) -> int:
+        """Flows counted on some port (for tests and stats)."""
+        return len(self._assigned)
 
 
 class Routing(Protocol):
