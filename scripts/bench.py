@@ -25,9 +25,12 @@ Figures (medians over the runs, with min and max):
 4. 100 concurrent streams: all complete? p50/p99 time to first delta;
 5. memory: mitmdump's RSS per retained idle session, over 500 sessions;
 6. lanes, with and without (``responses_bridge_lanes=false``) in one run, against a fake with a
-   150 ms handshake: upstream sockets opened for 100 concurrent conversations of one key, time
-   to first delta of each of a burst of 8 fresh requests sent at once after one warm-up
-   request, and the proxy's CPU per fresh request over 40 sequential ones.
+   150 ms handshake: upstream sockets opened for 100 concurrent conversations of a new key,
+   time to first delta of a burst of 8 follow-ups (of 8 chains) and then of 8 fresh requests
+   sent at once, and the proxy's CPU per fresh request over 40 sequential ones.
+7. HTTP/2: ten streamed requests of about 1.8 s at once on one client connection (regular
+   mode, mitmproxy's CA): the spread of their first deltas, the wall time of all ten, and the
+   proxy's CPU per request (``--addon`` an older copy to compare).
 
 Prints a table and the command line, writes ``bench.json`` and ``bench.png`` (figures 1-3) to
 ``--out`` (default ``docs/``). ``--quick`` is a smoke check (about 40 s); the default run takes
@@ -48,6 +51,7 @@ import os
 import platform
 import re
 import shlex
+import ssl
 import statistics
 import subprocess
 import sys
@@ -64,6 +68,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 
+from tests.h2client import post_streams  # noqa: E402
 from tests.harness import ADDON, Mitmdump, stop_process  # noqa: E402
 
 Json = dict[str, Any]
@@ -218,7 +223,7 @@ class Result:
 class Client:
     """One conversation-capable client: a websocket (direct) or an HTTP connection pool."""
 
-    def __init__(self, mode: str, url: str, *, pool: int = 4) -> None:
+    def __init__(self, mode: str, url: str, *, pool: int = 4, auth: str = AUTH) -> None:
         self.mode = mode
         self.url = url
         self.ws: ClientConnection | None = None
@@ -227,7 +232,7 @@ class Client:
             self.http = httpx.AsyncClient(
                 timeout=httpx.Timeout(120, connect=30),
                 limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
-                headers={"authorization": AUTH},
+                headers={"authorization": auth},
                 trust_env=False,
             )
 
@@ -402,7 +407,7 @@ class Config:
     tmp: Path
     confdir: Path
     script: Path = ADDON
-    figures: str = "123456"
+    figures: str = "1234567"
     lane_runs: int = 3
     bridge_set: tuple[str, ...] = ()
     commands: dict[str, str] = field(default_factory=dict)
@@ -739,8 +744,8 @@ async def figure_lanes(cfg: Config) -> Json:
     reverse = ["--mode", f"reverse:http://127.0.0.1:{fake.port}"]
     proxies: dict[str, Mitmdump] = {}
     samples: dict[str, dict[str, list[float]]] = {
-        v: {"sockets_for_100": [], "burst_ttfd_p50_ms": [], "burst_ttfd_max_ms": [],
-            "cpu_ms_per_fresh": []}
+        v: {"sockets_for_100": [], "burst_follow_up_p50_ms": [], "burst_ttfd_p50_ms": [],
+            "burst_ttfd_max_ms": [], "cpu_ms_per_fresh": []}
         for v in LANE_VARIANTS
     }  # fmt: skip
     stats_url = f"http://127.0.0.1:{fake.port}/fake-stats"
@@ -749,12 +754,18 @@ async def figure_lanes(cfg: Config) -> Json:
         async with httpx.AsyncClient(trust_env=False) as http:
             return int((await http.get(stats_url)).json()["connections"])
 
-    async def fresh(url: str, text: str) -> Result:
-        client = Client("bridge", url, pool=1)
+    async def fresh(url: str, text: str, auth: str = AUTH) -> Result:
+        client = Client("bridge", url, pool=1, auth=auth)
         try:
             return await client.turn(request_body([user_message(text)]))
         finally:
             await client.close()
+
+    async def burst(clients: list[Client], bodies: list[Json]) -> list[float]:
+        """Time to first delta (ms) of each body sent at once, each on its own client made
+        beforehand (making an httpx client costs milliseconds of the bench's own CPU)."""
+        results = await asyncio.gather(*(c.turn(b) for c, b in zip(clients, bodies, strict=True)))
+        return [r.ttfd * 1000 for r in results]
 
     try:
         for variant, options in LANE_VARIANTS.items():
@@ -770,17 +781,41 @@ async def figure_lanes(cfg: Config) -> Json:
                 proxy = proxies[variant]
                 url = f"{proxy.base_url}/responses"
                 got = samples[variant]
+                # A key of its own per run and variant: its sockets are all opened here.
+                key = f"Bearer sk-bench-lanes-{variant}-{run}"
                 before = await connections()
                 await asyncio.gather(
-                    *(fresh(url, f"Conversation {run}-{i}. fake:deltas=8") for i in range(100))
+                    *(fresh(url, f"Conversation {run}-{i}. fake:deltas=8", key) for i in range(100))
                 )
                 got["sockets_for_100"].append(await connections() - before)
-                await fresh(url, f"Warm-up {run}. fake:deltas=8")
-                await asyncio.sleep(0.5)  # the warm pool, where there is one, is refilled
-                burst = await asyncio.gather(
-                    *(fresh(url, f"Burst {run}-{i}. fake:deltas=8") for i in range(8))
-                )
-                ttfd = [r.ttfd * 1000 for r in burst]
+                clients = [Client("bridge", url, pool=1) for _ in range(8)]
+                try:
+                    heads = [
+                        await c.turn(
+                            request_body([user_message(f"Chain {run}-{i}. fake:deltas=8")])
+                        )
+                        for i, c in enumerate(clients)
+                    ]
+                    await asyncio.sleep(0.5)  # the warm pool, where there is one, is refilled
+                    follow = await burst(
+                        clients,
+                        [
+                            request_body([user_message("Go on. fake:deltas=8")], h.response["id"])
+                            for h in heads
+                        ],
+                    )
+                    await asyncio.sleep(0.5)
+                    ttfd = await burst(
+                        clients,
+                        [
+                            request_body([user_message(f"Burst {run}-{i}. fake:deltas=8")])
+                            for i in range(8)
+                        ],
+                    )
+                finally:
+                    for c in clients:
+                        await c.close()
+                got["burst_follow_up_p50_ms"].append(percentile(follow, 0.5))
                 got["burst_ttfd_p50_ms"].append(percentile(ttfd, 0.5))
                 got["burst_ttfd_max_ms"].append(max(ttfd))
                 cpu_before = cpu_seconds(proxy.process.pid)
@@ -800,6 +835,79 @@ async def figure_lanes(cfg: Config) -> Json:
             v: {key: summary(values) for key, values in got.items()} for v, got in samples.items()
         },
         "raw": samples,
+    }
+
+
+H2_STREAMS = 10
+
+
+async def figure_http2(cfg: Config) -> Json:
+    """Figure 7: ten streamed requests at once on one HTTP/2 client connection (regular mode,
+    mitmproxy's CA), each about a second long: the spread of their first deltas, the wall time
+    of all ten, and the proxy's CPU per request."""
+    fake = FakeProcess(handshake_delay=0.0, input_cost=0.0, log=cfg.tmp / "fake-h2.log")
+    args = ["--mode", "regular", "--set", f"responses_bridge_upstream={fake.ws_url}"]
+    for option in cfg.bridge_set:
+        args += ["--set", option]
+    got: dict[str, list[float]] = {
+        "first_delta_spread_ms": [],
+        "wall_s": [],
+        "cpu_ms_per_request": [],
+    }
+    proxy: Mitmdump | None = None
+    try:
+        proxy = await asyncio.to_thread(
+            Mitmdump, args, cfg.tmp / "h2-conf", addon=True, script=cfg.script
+        )
+        ca = ssl.create_default_context(cafile=str(proxy.confdir / "mitmproxy-ca-cert.pem"))
+        headers = [("content-type", "application/json"), ("authorization", AUTH)]
+
+        def batch(tag: str) -> list[bytes]:
+            return [
+                json.dumps(
+                    request_body([user_message(f"{tag} {i}. fake:deltas=10 fake:slow=100")])
+                    | {"stream": True}
+                ).encode()
+                for i in range(H2_STREAMS)
+            ]
+
+        await post_streams(
+            ("127.0.0.1", proxy.port),
+            "api.example.test:443",
+            "/v1/responses",
+            [batch("warm-up")],
+            headers,
+            ca,
+        )
+        for run in range(cfg.lane_runs):
+            cpu_before = cpu_seconds(proxy.process.pid)
+            started = time.monotonic()
+            [results] = await post_streams(
+                ("127.0.0.1", proxy.port),
+                "api.example.test:443",
+                "/v1/responses",
+                [batch(f"run {run}")],
+                headers,
+                ca,
+                timeout=60,
+            )
+            wall = time.monotonic() - started
+            spent = cpu_seconds(proxy.process.pid) - cpu_before
+            firsts = [r.first_marker for r in results if r.first_marker is not None]
+            if len(firsts) != H2_STREAMS or any(r.status != 200 for r in results):
+                raise BenchError("figure 7: a stream did not answer")
+            got["first_delta_spread_ms"].append((max(firsts) - min(firsts)) * 1000)
+            got["wall_s"].append(wall)
+            got["cpu_ms_per_request"].append(spent * 1000 / H2_STREAMS)
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        fake.stop()
+    return {
+        "streams": H2_STREAMS,
+        "runs": cfg.lane_runs,
+        **{key: summary(values) for key, values in got.items()},
+        "raw": got,
     }
 
 
@@ -858,6 +966,7 @@ async def run_all(cfg: Config) -> Json:
             lambda: figure_memory(cfg),
         ),
         ("6_lanes", "figure 6: lanes and no lanes", lambda: figure_lanes(cfg)),
+        ("7_http2", "figure 7: ten HTTP/2 streams on one connection", lambda: figure_http2(cfg)),
     ]
     results: Json = {}
     for key, title, make in figures:
@@ -1030,6 +1139,7 @@ def table(results: Json) -> tuple[str, list[Json]]:
         lines += ["", f"{'figure 6 (150 ms handshake)':34} {'lanes':26} {'no lanes':26}"]
         for key, label, unit, digits in (
             ("sockets_for_100", "6 sockets for 100 conversations", "", 0),
+            ("burst_follow_up_p50_ms", "6 burst of 8 follow-ups: TTFD p50", " ms", 1),
             ("burst_ttfd_p50_ms", "6 burst of 8 fresh: TTFD p50", " ms", 1),
             ("burst_ttfd_max_ms", "6 burst of 8 fresh: TTFD max", " ms", 1),
             ("cpu_ms_per_fresh", "6 proxy CPU per fresh request", " ms", 2),
@@ -1038,6 +1148,15 @@ def table(results: Json) -> tuple[str, list[Json]]:
                 f"{label:34} {fmt(lanes['lanes'][key], unit, digits):26} "
                 f"{fmt(lanes['no_lanes'][key], unit, digits):26}"
             )
+    h2 = results.get("7_http2")
+    if h2 and "wall_s" in h2:
+        lines += ["", "figure 7 (10 HTTP/2 streams of ~1.8 s on one connection)"]
+        for key, label, unit, digits in (
+            ("first_delta_spread_ms", "7 first deltas: spread", " ms", 0),
+            ("wall_s", "7 all ten: wall time", " s", 2),
+            ("cpu_ms_per_request", "7 proxy CPU per request", " ms", 2),
+        ):
+            lines.append(f"{label:34} {fmt(h2[key], unit, digits):26}")
     return "\n".join(lines), ratios
 
 
@@ -1190,7 +1309,7 @@ def main(argv: list[str] | None = None) -> int:
         "responses_bridge package is imported from beside it)",
     )
     parser.add_argument(
-        "--figures", default="123456", help="which figures to run, e.g. 13 (default: all)"
+        "--figures", default="1234567", help="which figures to run, e.g. 13 (default: all)"
     )
     parser.add_argument(
         "--bridge-set",
