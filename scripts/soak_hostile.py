@@ -1,11 +1,14 @@
 """The hostile-client soak (issue 22): well-behaved clients beside hostile ones, loopback only.
 
-Starts the fake upstream (``tests/fake_upstream.py``, in a thread) and one ``mitmdump -s
-addon/bridge.py`` with its defaults (warm sockets on) plus a short write timeout, then runs two
-phases of ``--seconds`` each: well-behaved clients alone (the baseline), then the same clients
+Starts the fake upstream (``tests/fake_upstream.py``) in a process of its own and one ``mitmdump
+-s addon/bridge.py`` with its defaults plus a short write timeout, then runs two phases of
+``--seconds`` each: well-behaved clients alone (the baseline), then the same clients
 beside hostile ones that send random keys and projects, random hosts and paths, deeply nested
 and huge bodies, an oversized ``Content-Length``, read nothing of long streams (stalled
-readers) or send half a request and stop (half-open connections).
+readers) or send half a request and stop (half-open connections). The hostile clients run in
+a process of their own too: in one process, their own work (building 150,000-item bodies) and
+the fake's would hold the interpreter lock while the well-behaved clients wait to read their
+first delta, which would be measured as the proxy's delay.
 
 Checks, exit status non-zero if any fails: every well-behaved request answered 200 with the
 text the fake says it answered (nothing lost, nothing wrong); every answer, hostile ones too,
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing
 import random
 import socket
 import statistics
@@ -37,25 +41,21 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from tests.fake_upstream import FakeUpstream, FakeUpstreamThread  # noqa: E402
+from tests.fake_upstream import FakeUpstream  # noqa: E402
 from tests.harness import Mitmdump  # noqa: E402
 
 GOOD = {"authorization": "Bearer sk-good", "openai-project": "proj_good"}
+IDENTITY = ("authorization", "openai-project")
 
 
 class Soak:
-    def __init__(self, args: argparse.Namespace, fake: FakeUpstream, bridge: Mitmdump) -> None:
+    def __init__(self, args: argparse.Namespace, port: int) -> None:
         self.args = args
-        self.fake = fake
-        self.bridge = bridge
-        self.url = f"http://127.0.0.1:{bridge.port}/v1/responses"
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/v1/responses"
         self.failures: list[str] = []
         self.sent_with: dict[str, dict[str, str]] = {}  # response id -> identity headers sent
         self.hostile_counts: dict[str, int] = {}
-
-    def rss_mb(self) -> float:
-        status = Path(f"/proc/{self.bridge.process.pid}/status").read_text()
-        return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
     # -- well-behaved clients ----------------------------------------------------------------
 
@@ -105,6 +105,8 @@ class Soak:
             self.stalled_reader,
             self.half_open,
         ]
+        if self.args.kinds:
+            kinds = [kind for kind in kinds if kind.__name__ in self.args.kinds.split(",")]
         async with httpx.AsyncClient(timeout=30) as client:
             while time.monotonic() < until:
                 kind = random.choice(kinds)
@@ -128,7 +130,7 @@ class Soak:
         path = random.choice(["/v1/responses?x=1", "/x/v1/responses", "/v1/other", "/"])
         host = f"h{random.randrange(10**6)}.example"
         await client.post(
-            f"http://127.0.0.1:{self.bridge.port}{path}",
+            f"http://127.0.0.1:{self.port}{path}",
             json={"model": "m", "input": "x"},
             headers={"host": host, **GOOD},
         )
@@ -148,7 +150,7 @@ class Soak:
             self.failures.append(f"150,000 items answered {answer.status_code}")
 
     async def oversized_length(self, client: httpx.AsyncClient) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.bridge.port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         writer.write(
             b"POST /v1/responses HTTP/1.1\r\nHost: api\r\nContent-Length: 900000000\r\n\r\n"
         )
@@ -160,7 +162,7 @@ class Soak:
     async def stalled_reader(self, client: httpx.AsyncClient) -> None:
         text = "y" * 300_000 + " fake:deltas=3000"
         body = json.dumps({"model": "m", "stream": True, "input": text}).encode()
-        _reader, writer = await asyncio.open_connection("127.0.0.1", self.bridge.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         writer.transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
         )
@@ -172,36 +174,72 @@ class Soak:
         writer.transport.abort()
 
     async def half_open(self, client: httpx.AsyncClient) -> None:
-        _reader, writer = await asyncio.open_connection("127.0.0.1", self.bridge.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         writer.write(b"POST /v1/responses HTTP/1.1\r\nHost: api\r\nContent-Length: 100\r\n\r\n{")
         await asyncio.sleep(random.uniform(0.5, 2))
         writer.transport.abort()
 
     # -- phases ------------------------------------------------------------------------------
 
-    async def phase(self, hostile: bool) -> list[float]:
+    async def good_phase(self) -> list[float]:
         until = time.monotonic() + self.args.seconds
         delays: list[float] = []
-        jobs = [self.good_client(i, until, delays) for i in range(self.args.clients)]
-        if hostile:
-            jobs += [self.hostile(until) for _ in range(self.args.hostile)]
-        await asyncio.gather(*jobs)
+        clients = range(self.args.clients)
+        await asyncio.gather(*(self.good_client(i, until, delays) for i in clients))
         return delays
 
-    def check_identities(self) -> int:
-        checked = 0
-        for record in self.fake.sockets:
-            for response_id in record.response_ids:
-                sent = self.sent_with.get(response_id)
-                if sent is None:
-                    continue
-                checked += 1
-                for name, value in sent.items():
-                    if record.headers.get(name) != value:
-                        self.failures.append(
-                            f"{response_id} ran on a socket opened with another {name}"
-                        )
-        return checked
+    async def hostile_phase(self) -> None:
+        until = time.monotonic() + self.args.seconds
+        await asyncio.gather(*(self.hostile(until) for _ in range(self.args.hostile)))
+
+
+def run_hostile(args: argparse.Namespace, port: int, results: Any) -> None:
+    """The hostile clients, in their own process; sends back what they sent and found."""
+    soak = Soak(args, port)
+    results.put("ready")
+    asyncio.run(soak.hostile_phase())
+    results.put((soak.sent_with, soak.hostile_counts, soak.failures))
+
+
+def run_fake(conn: Any, http_responses: bool) -> None:
+    """The fake upstream, in its own process: sends its port, serves until told to stop, then
+    sends each socket's identity headers and the response ids it made."""
+
+    async def serve() -> None:
+        async with FakeUpstream(port=0, http_responses=http_responses) as fake:
+            conn.send(fake.port)
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+            records = [
+                ({name: record.headers.get(name) for name in IDENTITY}, record.response_ids)
+                for record in fake.sockets
+            ]
+            conn.send(records)
+
+    asyncio.run(serve())
+
+
+def check_identities(
+    records: list[tuple[dict[str, str | None], list[str]]],
+    sent_with: dict[str, dict[str, str]],
+    failures: list[str],
+) -> int:
+    """How many answers were checked against the upgrade of the socket that made them."""
+    checked = 0
+    for headers, response_ids in records:
+        for response_id in response_ids:
+            sent = sent_with.get(response_id)
+            if sent is None:
+                continue
+            checked += 1
+            for name, value in sent.items():
+                if headers.get(name) != value:
+                    failures.append(f"{response_id} ran on a socket opened with another {name}")
+    return checked
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
 def p99(values: list[float]) -> float:
@@ -214,34 +252,52 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20, help="seconds per phase (20)")
     parser.add_argument("--clients", type=int, default=4, help="well-behaved clients (4)")
     parser.add_argument("--hostile", type=int, default=8, help="hostile clients (8)")
+    parser.add_argument(
+        "--passthrough",
+        action="store_true",
+        help="plain mitmdump passing everything through to the fake's HTTP endpoint (reference)",
+    )
+    parser.add_argument("--kinds", default="", help="only these hostile kinds, comma-separated")
     parser.add_argument("--rss-mb", type=float, default=60, help="RSS growth allowed (60)")
     args = parser.parse_args()
     args.seconds = min(args.seconds, 120)  # bounded in time whatever is asked
-    runner = FakeUpstreamThread()
-    fake = runner.start()
+    spawn = multiprocessing.get_context("spawn")
+    fake_conn, child_conn = spawn.Pipe()
+    fake = spawn.Process(target=run_fake, args=(child_conn, args.passthrough), daemon=True)
+    fake.start()
+    fake_port = fake_conn.recv()
+    options = ["responses_bridge_write_timeout=2", "responses_bridge_drain_timeout=5"]
     bridge = Mitmdump(
         [
             "--mode",
-            f"reverse:http://127.0.0.1:{fake.port}",
-            "--set",
-            "responses_bridge_write_timeout=2",
-            "--set",
-            "responses_bridge_drain_timeout=5",
+            f"reverse:http://127.0.0.1:{fake_port}",
+            *(arg for option in ([] if args.passthrough else options) for arg in ("--set", option)),
         ],
         Path(tempfile.mkdtemp(prefix="soak-hostile-")),
+        addon=not args.passthrough,
     )
-    soak = Soak(args, fake, bridge)
+    soak = Soak(args, bridge.port)
     try:
-        baseline = asyncio.run(soak.phase(hostile=False))
-        rss_before = soak.rss_mb()
-        mixed = asyncio.run(soak.phase(hostile=True))
+        baseline = asyncio.run(soak.good_phase())
+        rss_before = rss_mb(bridge.process.pid)
+        results = spawn.Queue()
+        hostile = spawn.Process(target=run_hostile, args=(args, bridge.port, results), daemon=True)
+        hostile.start()
+        results.get(timeout=60)  # "ready": both phases start together
+        mixed = asyncio.run(soak.good_phase())
+        sent_with, soak.hostile_counts, hostile_failures = results.get(timeout=args.seconds + 60)
+        hostile.join(10)
+        if not args.passthrough:  # how plain mitmproxy answers them is not this soak's concern
+            soak.failures += hostile_failures
+        soak.sent_with.update(sent_with)
         time.sleep(6)  # stalled streams drained, half-open ones gone
-        rss_after = soak.rss_mb()
-        checked = soak.check_identities()
+        rss_after = rss_mb(bridge.process.pid)
+        fake_conn.send("stop")
+        checked = check_identities(fake_conn.recv(), soak.sent_with, soak.failures)
         traceback = "Traceback" in bridge.output  # before stopping: mitmproxy's own exit logs one
     finally:
         bridge.stop()
-        runner.stop()
+        fake.kill()
     ratio = p99(mixed) / p99(baseline)
     rows: list[tuple[str, Any]] = [
         ("well-behaved requests, baseline / beside hostile", f"{len(baseline)} / {len(mixed)}"),
