@@ -68,7 +68,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 
-from tests.h2client import post_streams  # noqa: E402
+from tests.h2client import StreamResult, post_streams  # noqa: E402
 from tests.harness import ADDON, Mitmdump, stop_process  # noqa: E402
 
 Json = dict[str, Any]
@@ -871,26 +871,24 @@ async def figure_http2(cfg: Config) -> Json:
                 for i in range(H2_STREAMS)
             ]
 
-        await post_streams(
-            ("127.0.0.1", proxy.port),
-            "api.example.test:443",
-            "/v1/responses",
-            [batch("warm-up")],
-            headers,
-            ca,
-        )
-        for run in range(cfg.lane_runs):
-            cpu_before = cpu_seconds(proxy.process.pid)
-            started = time.monotonic()
+        async def send(tag: str) -> list[StreamResult]:
             [results] = await post_streams(
-                ("127.0.0.1", proxy.port),
+                ("127.0.0.1", proxy_port),
                 "api.example.test:443",
                 "/v1/responses",
-                [batch(f"run {run}")],
+                [batch(tag)],
                 headers,
                 ca,
                 timeout=60,
             )
+            return results
+
+        proxy_port = proxy.port
+        await send("warm-up")
+        for run in range(cfg.lane_runs):
+            cpu_before = cpu_seconds(proxy.process.pid)
+            started = time.monotonic()
+            results = await send(f"run {run}")
             wall = time.monotonic() - started
             spent = cpu_seconds(proxy.process.pid) - cpu_before
             firsts = [r.first_marker for r in results if r.first_marker is not None]

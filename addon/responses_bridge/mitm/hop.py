@@ -153,7 +153,7 @@ class Listeners:
             del self._in_flight[client]
 
     def in_flight(self) -> int:
-        """Flows counted on some port (for tests and stats)."""
+        """Flows counted on some port (what the tests check)."""
         return len(self._assigned)
 
 
